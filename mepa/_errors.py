@@ -1,0 +1,83 @@
+"""Exceptions raised by mepa.
+
+Every exception mepa raises on purpose derives from :class:`MepaError`, and also from the
+built-in exception a NumPy or ``concurrent.futures`` user would expect to catch::
+
+    MepaError
+    ├── AllocationError (also ValueError)        bad weights, shuffles, data or results
+    ├── WorkerSpecError (also ValueError)        bad worker counts, names or weights
+    ├── ExecutorShutdownError (also RuntimeError) submit after shutdown
+    ├── SerializationError (also TypeError)      a task, argument or result cannot be pickled
+    └── BrokenExecutor (also concurrent.futures.BrokenExecutor)
+        └── WorkerCrashedError                   a worker process died while running a task
+
+An exception raised *inside* a task is not wrapped: ``gather`` re-raises it with its own type,
+the remote traceback attached as ``__cause__`` and a note naming the worker (and, for
+:meth:`~mepa.Executor.distribute`, the chunk) that raised it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+__all__ = [
+    "AllocationError",
+    "BrokenExecutor",
+    "ExecutorShutdownError",
+    "MepaError",
+    "SerializationError",
+    "WorkerCrashedError",
+    "WorkerSpecError",
+]
+
+
+class MepaError(Exception):
+    """Base class of every error mepa raises on purpose."""
+
+
+class AllocationError(MepaError, ValueError):
+    """Data, weights, a shuffle or results that cannot be allocated or reassembled."""
+
+
+class WorkerSpecError(MepaError, ValueError):
+    """A worker count, name or weight that does not describe a usable set of workers."""
+
+
+class ExecutorShutdownError(MepaError, RuntimeError):
+    """A task was submitted to an executor that has been shut down."""
+
+
+class SerializationError(MepaError, TypeError):
+    """A task, one of its arguments or its result could not be pickled."""
+
+
+class BrokenExecutor(MepaError, concurrent.futures.BrokenExecutor):
+    """The engine behind an executor failed and the pending tasks were lost."""
+
+
+class WorkerCrashedError(BrokenExecutor):
+    """A worker process died while running a task.
+
+    Parameters
+    ----------
+    message
+        What happened, with the exit code or signal where known.
+    exitcode
+        The worker's exit code (negative: the signal that killed it), or ``None`` if unknown.
+    chunk
+        The index of the :class:`~mepa.Allocation` chunk the task was running, if any.
+    """
+
+    def __init__(
+        self, message: str, *, exitcode: int | None = None, chunk: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.exitcode = exitcode
+        self.chunk = chunk
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_crash, (str(self), self.exitcode, self.chunk))
+
+
+def _rebuild_crash(message: str, exitcode: int | None, chunk: int | None) -> WorkerCrashedError:
+    return WorkerCrashedError(message, exitcode=exitcode, chunk=chunk)

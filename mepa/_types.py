@@ -1,0 +1,244 @@
+"""The input forms mepa accepts, as type aliases, and one parser for each.
+
+Weights and shuffles can each be given in several forms. They are normalised once, here, so that
+the rest of mepa only ever sees ``tuple[float, ...]`` weights and a :data:`ParsedShuffle`.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from typing import Any, TypeAlias
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from ._errors import AllocationError
+from ._worker import Worker
+
+__all__ = [
+    "DEFAULT_SEED",
+    "ArrayLike",
+    "ParsedShuffle",
+    "ShuffleLike",
+    "WeightsLike",
+    "parse_shuffle",
+    "parse_weights",
+]
+
+WeightsLike: TypeAlias = int | Sequence[float] | Sequence[Worker] | NDArray[Any]
+"""Weights: a number of equal workers, one weight per worker, or the workers themselves."""
+
+ShuffleLike: TypeAlias = bool | int | np.random.Generator | np.random.RandomState | ArrayLike | None
+"""A shuffle: off, on, a seed, a random generator, or an explicit permutation of the rows."""
+
+ParsedShuffle: TypeAlias = (
+    int | np.random.Generator | np.random.RandomState | NDArray[np.int64] | None
+)
+"""A normalised shuffle: ``None`` (off), an ``int`` seed, a generator, or a permutation."""
+
+DEFAULT_SEED = 20240531
+"""The seed ``shuffle=True`` stands for, so that shuffled runs repeat."""
+
+_SHOWN = 8  # how many values an error message shows before eliding the rest
+
+
+def _show(values: Sequence[Any]) -> str:
+    """A short ``repr`` of a list of values for error messages."""
+    items = [float(v) if isinstance(v, (float, np.floating)) else v for v in values[:_SHOWN]]
+    text = repr(items)
+    if len(values) > _SHOWN:
+        text = text[:-1] + f", ... ({len(values)} values)]"
+    return text
+
+
+def parse_weights(weights: WeightsLike) -> tuple[float, ...]:
+    """Normalise the weights of a set of workers to a tuple of floats.
+
+    Parameters
+    ----------
+    weights
+        One of:
+
+        - a positive ``int`` ``k``: ``k`` workers of equal weight;
+        - a sequence or 1-d array of real numbers, one relative weight per worker;
+        - a sequence of :class:`~mepa.Worker`, whose ``weight`` attributes are used.
+
+        Weights must be finite and ``>= 0``, and not all zero. A worker of weight 0 gets no rows.
+
+    Returns
+    -------
+    tuple of float
+        One weight per worker, in order.
+
+    Raises
+    ------
+    AllocationError
+        If there are no workers, a weight is negative, NaN or infinite, every weight is zero,
+        or ``weights`` is of none of the forms above (a ``bool``, a string, a 2-d array...).
+
+    Examples
+    --------
+    >>> parse_weights(3)
+    (1.0, 1.0, 1.0)
+    >>> parse_weights([2, 1, 0])
+    (2.0, 1.0, 0.0)
+    >>> parse_weights([Worker("gpu-0", weight=4), Worker("cpu-0")])
+    (4.0, 1.0)
+    >>> parse_weights([-1.0, 2.0])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+      ...
+    mepa._errors.AllocationError: weights must be finite and >= 0, got [-1.0, 2.0]; ...
+    """
+    fix = "pass a positive int, one real weight per worker, or a sequence of Worker"
+    if isinstance(weights, (bool, np.bool_)):
+        raise AllocationError(
+            f"weights must be an int or a sequence of weights, got {weights!r} (a bool); {fix}"
+        )
+    if isinstance(weights, numbers.Integral):
+        k = int(weights)
+        if k < 1:
+            raise AllocationError(
+                f"weights must be a positive number of workers, got {k} (no workers); {fix}"
+            )
+        return (1.0,) * k
+    if isinstance(weights, (str, bytes, numbers.Number)) or not isinstance(
+        weights, (Sequence, np.ndarray)
+    ):
+        raise AllocationError(
+            f"weights must be an int or a sequence of weights, got {type(weights).__name__} "
+            f"{weights!r}; {fix}"
+        )
+    if len(weights) == 0:
+        raise AllocationError(
+            f"weights must name at least one worker, got {weights!r} (no workers); {fix}"
+        )
+    if isinstance(weights, Sequence) and any(isinstance(w, Worker) for w in weights):
+        if not all(isinstance(w, Worker) for w in weights):
+            kinds = sorted({type(w).__name__ for w in weights})
+            raise AllocationError(
+                f"weights must be all Worker or all numbers, got a mix of {kinds}; {fix}"
+            )
+        values = [w.weight for w in weights if isinstance(w, Worker)]
+        arr = np.asarray(values, dtype=np.float64)
+    else:
+        try:
+            arr = np.asarray(weights)
+        except (ValueError, TypeError) as exc:
+            raise AllocationError(f"weights must be real numbers, got {weights!r}; {fix}") from exc
+        if arr.ndim != 1 or arr.dtype.kind not in "iuf":
+            what = f"a {arr.ndim}-d array" if arr.ndim != 1 else f"dtype {arr.dtype}"
+            raise AllocationError(
+                f"weights must be a 1-d sequence of real numbers, got {what}: {weights!r}; {fix}"
+            )
+        arr = arr.astype(np.float64)
+    if not (np.isfinite(arr).all() and (arr >= 0).all()):
+        raise AllocationError(
+            f"weights must be finite and >= 0, got {_show(arr.tolist())}; "
+            "give each worker its relative share of the rows, 0 for none"
+        )
+    if not (arr > 0).any():
+        raise AllocationError(
+            f"weights must not all be zero, got {_show(arr.tolist())}; "
+            "give at least one worker a positive weight"
+        )
+    return tuple(float(w) for w in arr)
+
+
+def parse_shuffle(shuffle: ShuffleLike, n: int) -> ParsedShuffle:
+    """Normalise a shuffle of ``n`` rows.
+
+    Parameters
+    ----------
+    shuffle
+        One of:
+
+        - ``False`` or ``None``: no shuffle;
+        - ``True``: shuffle with the fixed seed :data:`DEFAULT_SEED`, so runs repeat;
+        - an ``int`` ``>= 0``: shuffle with that seed;
+        - a :class:`numpy.random.Generator` or :class:`numpy.random.RandomState`: shuffle with
+          it (it is advanced, so two allocations made with it differ);
+        - an array-like of ints: an explicit permutation of ``range(n)``, applied exactly (row
+          ``shuffle[p]`` of the data goes to position ``p``).
+    n
+        Number of rows of the data.
+
+    Returns
+    -------
+    None, int, Generator, RandomState or ndarray
+        ``None`` for no shuffle, the seed, the generator itself, or the permutation as a
+        read-only ``int64`` array.
+
+    Raises
+    ------
+    AllocationError
+        If the seed is negative, or the array is not a permutation of ``range(n)`` (wrong length,
+        duplicates, values out of range, not integers).
+
+    Examples
+    --------
+    >>> parse_shuffle(False, 10) is None
+    True
+    >>> parse_shuffle(True, 10) == DEFAULT_SEED
+    True
+    >>> parse_shuffle(7, 10)
+    7
+    >>> parse_shuffle([2, 0, 1], 3)
+    array([2, 0, 1])
+    >>> parse_shuffle([0, 0, 1], 3)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+      ...
+    mepa._errors.AllocationError: shuffle must be a permutation of range(3), ...
+    """
+    if shuffle is None or shuffle is False or (isinstance(shuffle, np.bool_) and not shuffle):
+        return None
+    if shuffle is True or isinstance(shuffle, np.bool_):
+        return DEFAULT_SEED
+    if isinstance(shuffle, numbers.Integral):
+        seed = int(shuffle)
+        if seed < 0:
+            raise AllocationError(
+                f"shuffle seed must be >= 0, got {seed}; pass a non-negative int seed, True for "
+                "the default seed, or False for no shuffle"
+            )
+        return seed
+    if isinstance(shuffle, (np.random.Generator, np.random.RandomState)):
+        return shuffle
+    return _parse_permutation(shuffle, n)
+
+
+def _parse_permutation(shuffle: Any, n: int) -> NDArray[np.int64]:
+    fix = "pass a permutation of the row numbers, an int seed, True or False"
+    prefix = f"shuffle must be a permutation of range({n})"
+    if isinstance(shuffle, (str, bytes, float, complex)):
+        raise AllocationError(f"{prefix}, a seed or a bool, got {shuffle!r}; {fix}")
+    try:
+        arr = np.asarray(shuffle)
+    except (ValueError, TypeError) as exc:
+        raise AllocationError(f"{prefix}, got {type(shuffle).__name__}; {fix}") from exc
+    if arr.ndim != 1:
+        raise AllocationError(f"{prefix}, got a {arr.ndim}-d array of shape {arr.shape}; {fix}")
+    if len(arr) != n:
+        raise AllocationError(f"{prefix}, got {len(arr)} values (wrong length); {fix}")
+    if n == 0:
+        return _frozen(np.zeros(0, dtype=np.int64))
+    if arr.dtype.kind not in "iu":
+        raise AllocationError(f"{prefix}, got values of dtype {arr.dtype} (not integers); {fix}")
+    low, high = int(arr.min()), int(arr.max())
+    if low < 0 or high >= n:
+        bad = low if low < 0 else high
+        raise AllocationError(f"{prefix}, got value {bad} (out of range); {fix}")
+    perm = np.array(arr, dtype=np.int64, copy=True)
+    seen = np.zeros(n, dtype=bool)
+    seen[perm] = True
+    if not seen.all():
+        missing = np.flatnonzero(~seen)
+        raise AllocationError(
+            f"{prefix}, got duplicates (rows {_show(missing.tolist())} never appear); {fix}"
+        )
+    return _frozen(perm)
+
+
+def _frozen(arr: NDArray[np.int64]) -> NDArray[np.int64]:
+    arr.flags.writeable = False
+    return arr

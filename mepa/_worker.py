@@ -1,0 +1,116 @@
+"""Workers: the named, weighted slots an executor runs tasks on."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from ._errors import WorkerSpecError
+
+__all__ = ["Worker"]
+
+_GROUP_INDEX = re.compile(r"^(?P<group>.+)-(?P<index>\d+)$")
+
+
+class Worker(BaseModel):
+    """One worker of an executor: a name and a weight.
+
+    The weight is the worker's share of the rows when data is arranged over workers: a worker of
+    weight 2 gets twice the rows of a worker of weight 1.
+
+    Names of the form ``"{group}-{index}"`` (``"gpu-node-3"``) are split into :attr:`group`
+    (``"gpu-node"``) and :attr:`index` (``3``); any other name is a group of its own, index 0.
+
+    Parameters
+    ----------
+    name
+        The worker's name, unique within its executor.
+    weight
+        Relative share of the work, finite and ``>= 0``.
+
+    Examples
+    --------
+    >>> w = Worker("process-1", weight=2)
+    >>> w.group, w.index, w.weight
+    ('process', 1, 2.0)
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    weight: float = 1.0
+
+    def __init__(self, name: str, weight: float = 1.0) -> None:
+        super().__init__(name=name, weight=weight)
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not value:
+            raise ValueError("worker name must be a non-empty string, got ''")
+        return value
+
+    @field_validator("weight")
+    @classmethod
+    def _check_weight(cls, value: float) -> float:
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(
+                f"worker weight must be finite and >= 0, got {value!r}; "
+                "give each worker its relative share of the rows, e.g. 1.0"
+            )
+        return float(value)
+
+    @property
+    def group(self) -> str:
+        """The part of the name before the last ``-index``, or the whole name."""
+        match = _GROUP_INDEX.match(self.name)
+        return match["group"] if match else self.name
+
+    @property
+    def index(self) -> int:
+        """The number after the last ``-`` of the name, or 0."""
+        match = _GROUP_INDEX.match(self.name)
+        return int(match["index"]) if match else 0
+
+    # Names kept from the original API.
+    def get_name(self) -> str:
+        """Return :attr:`name`."""
+        return self.name
+
+    def get_weight(self) -> float:
+        """Return :attr:`weight`."""
+        return self.weight
+
+    def get_group(self) -> str:
+        """Return :attr:`group`."""
+        return self.group
+
+    def get_in_group_id(self) -> int:
+        """Return :attr:`index`."""
+        return self.index
+
+
+def make_workers(prefix: str, n_workers: int | None, default: int) -> tuple[Worker, ...]:
+    """``n_workers`` workers named ``{prefix}-0`` .. ``{prefix}-{n-1}``, weight 1 each."""
+    if n_workers is None:
+        n_workers = default
+    if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
+        raise WorkerSpecError(
+            f"n_workers must be a positive int or None, got {n_workers!r}; "
+            "pass None for one worker per physical core"
+        )
+    return tuple(Worker(f"{prefix}-{i}") for i in range(n_workers))
+
+
+def physical_cores() -> int:
+    """Number of physical cores, as loky counts them (logical cores if unknown)."""
+    try:
+        from loky import cpu_count
+
+        return max(1, int(cpu_count(only_physical_cores=True)))
+    except Exception:  # pragma: no cover - loky is a dependency, this is a last resort
+        import os
+
+        return os.cpu_count() or 1
