@@ -497,7 +497,7 @@ class AllocationPlan(BaseModel):
     ``AllocationPlan.model_validate_json(text)``); :meth:`Allocation.from_plan` applies it to
     data of ``n`` rows.
 
-    Parameters
+    Attributes
     ----------
     n
         Number of rows.

@@ -49,7 +49,8 @@ class TreeSpec:
             return "*"
         inner = [child.describe() for child in self.children]
         if self.kind == "dict":
-            return "{" + ", ".join(f"{k!r}: {v}" for k, v in zip(self.keys, inner)) + "}"
+            pairs = zip(self.keys, inner, strict=True)
+            return "{" + ", ".join(f"{k!r}: {v}" for k, v in pairs) + "}"
         if self.kind == "list":
             return "[" + ", ".join(inner) + "]"
         return "(" + ", ".join(inner) + ("," if len(inner) == 1 else "") + ")"
@@ -96,7 +97,7 @@ def _rebuild(spec: TreeSpec, it: Iterator[Any]) -> Any:
         return next(it)
     values = [_rebuild(child, it) for child in spec.children]
     if spec.kind == "dict":
-        mapping = dict(zip(spec.keys, values))
+        mapping = dict(zip(spec.keys, values, strict=True))
         if spec.rebuild is not None and spec.rebuild is not dict:
             try:
                 return spec.rebuild(mapping)

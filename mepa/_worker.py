@@ -110,7 +110,7 @@ def physical_cores() -> int:
         from loky import cpu_count
 
         return max(1, int(cpu_count(only_physical_cores=True)))
-    except Exception:  # pragma: no cover - loky is a dependency, this is a last resort
+    except (ImportError, NotImplementedError, OSError):  # pragma: no cover - last resort
         import os
 
         return os.cpu_count() or 1

@@ -1,0 +1,1 @@
+"""Executor backends. Import them from :mod:`mepa`."""

@@ -1,0 +1,804 @@
+"""The executor contract, implemented once on top of an engine's ``submit``.
+
+::
+
+    data ──arrange──▶ Allocation ──distribute──▶ one task per worker ──▶ TaskFuture
+                       (chunks by weight,          (each Allocation argument      │
+                        seeded block shuffle)        replaced by that worker's     │
+                                                     chunk)                        ▼
+    result ◀──reassemble── [chunk results] ◀──────────── gather (same structure as given)
+
+Subclasses adapt one engine (the caller's thread, a thread pool, loky processes, a Dask
+cluster). They implement :meth:`Executor._engine_submit` and :meth:`Executor._engine_shutdown`;
+everything a user calls (``submit``, ``map``, ``distribute``, ``gather``, events, progress) is
+built here, so every backend behaves the same and one contract suite tests them all.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import functools
+import itertools
+import math
+import re
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+import numpy as np
+
+from .._allocation import Allocation, arrange, arrange_many
+from .._errors import ExecutorShutdownError, WorkerSpecError
+from .._tree import flatten, iter_leaves, tree_map, unflatten
+from .._worker import Worker
+from ._futures import TaskFuture, add_task_note, chain_cancel
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+    from .._events import EventContext, EventHub
+    from .._progress import Progress
+
+__all__ = ["DistributePlan", "Executor", "SubExecutor"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+WorkerPattern = str | re.Pattern[str] | Callable[[Worker], bool]
+
+
+class Executor(ABC):
+    """Runs tasks on a fixed set of named, weighted workers.
+
+    An executor is a context manager; leaving the ``with`` block calls :meth:`shutdown`.
+    All methods are safe to call from several threads of the host.
+
+    Parameters
+    ----------
+    workers
+        The workers tasks run on. Their weights decide how :meth:`arrange` splits data.
+    """
+
+    def __init__(self, workers: Sequence[Worker]) -> None:
+        self._workers = _check_workers(workers)
+        self._lock = threading.RLock()
+        self._is_shutdown = False
+        self._hub: EventHub | None = None
+        self._progress_bars: list[Progress] = []
+        self._pending: set[concurrent.futures.Future[Any]] = set()
+
+    # ------------------------------------------------------------------ engine hooks
+
+    @abstractmethod
+    def _engine_submit(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+        worker: Worker | None,
+    ) -> concurrent.futures.Future[Any]:
+        """Start ``fn(*args, **kwargs)`` on the engine and return the engine's future."""
+
+    @abstractmethod
+    def _engine_shutdown(self, wait: bool) -> None:
+        """Release the engine (threads, processes, cluster connection)."""
+
+    def _prepare_call(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+        future: TaskFuture[Any],
+    ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+        """Wrap a task before it goes to the engine; the default adds the events wrapper."""
+        from .._events import run_task
+
+        return run_task, (fn, *args), kwargs
+
+    def _settle(
+        self, future: TaskFuture[Any], engine: concurrent.futures.Future[Any]
+    ) -> None:
+        """Complete ``future`` from the finished ``engine`` future.
+
+        The user's future completes only after every event the task fired has been
+        dispatched on the host, so nothing a task reported is missing when ``gather``
+        returns.
+        """
+        from .._events import outcome_tokens, unwrap_outcome
+
+        try:
+            if engine.cancelled():
+                future.cancel()
+                return
+            exc = engine.exception()
+            if exc is None:
+                value, tokens = unwrap_outcome(engine.result())
+                try:
+                    value = self._decode_result(future, value)
+                except Exception as decode_error:  # noqa: BLE001 - it becomes the task's error
+                    exc = decode_error
+                else:
+                    self._after_events(tokens, lambda: _set_result(future, value))
+                    return
+            exc = self._translate_error(exc, future)
+            add_task_note(exc, f"raised by a task on {future.describe()}")
+            failed = exc
+            self._after_events(
+                outcome_tokens(exc, remove=True), lambda: _set_exception(future, failed)
+            )
+        finally:
+            self._task_finished(future)
+
+    def _decode_result(self, future: TaskFuture[Any], value: Any) -> Any:
+        """Turn what the engine returned into the task's result; the default keeps it."""
+        return value
+
+    def _task_finished(self, future: TaskFuture[Any]) -> None:  # noqa: B027 - optional hook
+        """Release what the task held (shared memory, ...); called once per started task."""
+
+    def _after_events(self, tokens: Any, then: Callable[[], None]) -> None:
+        hub = self._hub
+        if hub is None or not tokens:
+            then()
+        else:
+            hub.after(tokens, then)
+
+    def _translate_error(self, exc: BaseException, future: TaskFuture[Any]) -> BaseException:
+        """Map an engine failure to mepa's errors; the default keeps it as it is."""
+        return exc
+
+    # ------------------------------------------------------------------ workers
+
+    @property
+    def workers(self) -> tuple[Worker, ...]:
+        """The workers tasks run on, in order."""
+        return self._workers
+
+    def get_workers(self) -> tuple[Worker, ...]:
+        """Return :attr:`workers`."""
+        return self._workers
+
+    def get_n_workers(self) -> int:
+        """Number of workers."""
+        return len(self._workers)
+
+    def get_total_weights(self) -> float:
+        """Sum of the workers' weights."""
+        return math.fsum(w.weight for w in self._workers)
+
+    def is_local(self) -> bool:
+        """Whether every worker runs on this machine."""
+        return True
+
+    def shares_memory(self) -> bool:
+        """Whether tasks see the host's memory (an array a task writes to is the host's)."""
+        return False
+
+    def create_shared_array(self, shape: int | tuple[int, ...], dtype: Any = float) -> Any:
+        """An uninitialised array that tasks can write into, in place.
+
+        Parameters
+        ----------
+        shape, dtype
+            As for :func:`numpy.empty`.
+
+        Returns
+        -------
+        numpy.ndarray
+            On executors that share memory, a plain array; on the process executor an
+            array in shared memory, passed to tasks without a copy.
+        """
+        return np.empty(shape, dtype=dtype)
+
+    def extract_by_name(self, pattern: WorkerPattern) -> SubExecutor:
+        """A sub-executor over the workers whose name matches ``pattern``.
+
+        Parameters
+        ----------
+        pattern
+            A substring of the name, a compiled regular expression (``search``), or a
+            predicate taking a :class:`~mepa.Worker`.
+
+        Returns
+        -------
+        SubExecutor
+            Runs on the parent's engine, pinned to the selected workers. Shutting it down
+            leaves the parent running.
+
+        Raises
+        ------
+        WorkerSpecError
+            If no worker matches.
+        """
+        if isinstance(pattern, str):
+            selected = [w for w in self._workers if pattern in w.name]
+        elif isinstance(pattern, re.Pattern):
+            selected = [w for w in self._workers if pattern.search(w.name)]
+        elif callable(pattern):
+            selected = [w for w in self._workers if pattern(w)]
+        else:
+            raise TypeError(
+                "pattern must be a str, a compiled re.Pattern or a callable taking a Worker, "
+                f"got {type(pattern).__name__}"
+            )
+        if not selected:
+            names = [w.name for w in self._workers]
+            raise WorkerSpecError(
+                f"pattern {pattern!r} matches none of the workers {names}; "
+                "choose a pattern that matches at least one worker name"
+            )
+        return SubExecutor(self, selected)
+
+    def _root(self) -> Executor:
+        return self
+
+    # ------------------------------------------------------------------ submit
+
+    def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> TaskFuture[R]:
+        """Schedule ``fn(*args, **kwargs)`` and return a future of its result.
+
+        A future of this executor given among the arguments (also inside lists, tuples and
+        dicts) stands for its result: the task starts once it is ready.
+
+        Parameters
+        ----------
+        fn
+            The callable to run.
+        *args, **kwargs
+            Its arguments.
+
+        Returns
+        -------
+        TaskFuture
+            A :class:`concurrent.futures.Future` of the result.
+
+        Raises
+        ------
+        ExecutorShutdownError
+            After :meth:`shutdown`.
+        """
+        return self._submit(fn, args, kwargs, None, None)
+
+    def submit_to(
+        self, worker: Worker | str, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> TaskFuture[R]:
+        """Like :meth:`submit`, pinned to one worker (a :class:`Worker` or its name).
+
+        On the local executors the workers are interchangeable slots of one pool, so the
+        pin names the worker in errors and events; on Dask it places the task on that worker.
+        """
+        return self._submit(fn, args, kwargs, self._resolve_worker(worker), None)
+
+    def submit_and_gather(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Submit ``fn(*args, **kwargs)`` and wait for its result."""
+        result: R = self.gather(self._submit(fn, args, kwargs, None, None))
+        return result
+
+    def _resolve_worker(self, worker: Worker | str) -> Worker:
+        for w in self._workers:
+            if w == worker or w.name == worker:
+                return w
+        names = [w.name for w in self._workers]
+        raise WorkerSpecError(
+            f"worker must be one of this executor's workers {names}, got {worker!r}; "
+            "use executor.workers to list them"
+        )
+
+    def _check_open(self) -> None:
+        if self._is_shutdown:
+            raise ExecutorShutdownError("cannot schedule new futures after shutdown")
+
+    def _submit(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+        worker: Worker | None, chunk: int | None, hint: Any = None,
+    ) -> TaskFuture[Any]:
+        self._check_open()
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {type(fn).__name__}: {fn!r}")
+        dependencies = [
+            leaf for leaf in itertools.chain(iter_leaves(args), iter_leaves(kwargs))
+            if isinstance(leaf, concurrent.futures.Future)
+        ]
+        future: TaskFuture[Any] = TaskFuture(worker, chunk)
+        future._hint = hint
+        if dependencies:
+            self._submit_after(future, fn, args, kwargs, dependencies)
+        else:
+            self._start(future, fn, args, kwargs)
+        return future
+
+    def _start(
+        self, future: TaskFuture[Any], fn: Callable[..., Any], args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        root = self._root()
+        root._track(future)
+        call, call_args, call_kwargs = root._prepare_call(fn, args, kwargs, future)
+        try:
+            engine = root._engine_submit(call, call_args, call_kwargs, future.worker)
+        except ExecutorShutdownError:
+            root._task_finished(future)
+            raise
+        except Exception as exc:  # noqa: BLE001 - the engine refused the task: its error
+            root._task_finished(future)
+            future.set_exception(exc)
+            return
+        chain_cancel(future, engine)
+        engine.add_done_callback(functools.partial(root._settle, future))
+
+    def _track(self, future: TaskFuture[Any]) -> None:
+        with self._lock:
+            self._pending.add(future)
+        future.add_done_callback(self._untrack)
+
+    def _untrack(self, future: concurrent.futures.Future[Any]) -> None:
+        with self._lock:
+            self._pending.discard(future)
+
+    def _submit_after(
+        self, future: TaskFuture[Any], fn: Callable[..., Any], args: tuple[Any, ...],
+        kwargs: dict[str, Any], dependencies: list[concurrent.futures.Future[Any]],
+    ) -> None:
+        self._root()._track(future)
+        remaining = [len(dependencies)]
+        lock = threading.Lock()
+
+        def resolve(leaf: Any) -> Any:
+            if isinstance(leaf, concurrent.futures.Future):
+                return leaf.result()
+            return leaf
+
+        def on_done(_: concurrent.futures.Future[Any]) -> None:
+            with lock:
+                remaining[0] -= 1
+                if remaining[0]:
+                    return
+            if future.done():
+                return
+            for dep in dependencies:
+                if dep.cancelled():
+                    future.cancel()
+                    return
+                exc = dep.exception()
+                if exc is not None:
+                    future.set_exception(exc)
+                    return
+            try:
+                self._check_open()
+                self._start(future, fn, tree_map(resolve, args), tree_map(resolve, kwargs))
+            except Exception as exc:  # noqa: BLE001 - starting failed: the task's error
+                _set_exception(future, exc)
+
+        for dep in dependencies:
+            dep.add_done_callback(on_done)
+
+    # ------------------------------------------------------------------ gather
+
+    def gather(
+        self, futures: Any, *, timeout: float | None = None, progress: bool | dict[str, Any] = False
+    ) -> Any:
+        """Wait for futures and return their results in the same structure.
+
+        Parameters
+        ----------
+        futures
+            One future, or any nesting of lists, tuples and dicts of futures (other leaves
+            pass through unchanged).
+        timeout
+            Seconds to wait in all; ``None`` waits as long as it takes.
+        progress
+            ``True`` (or a dict of tqdm options) shows a bar of finished tasks.
+
+        Returns
+        -------
+        object
+            The results, shaped like ``futures``.
+
+        Raises
+        ------
+        Exception
+            The first failed task's exception in the order of ``futures``, with its type and
+            the remote traceback as ``__cause__``.
+        TimeoutError
+            If ``timeout`` passes first.
+        KeyboardInterrupt
+            On Ctrl-C: pending tasks are cancelled first.
+        """
+        leaves, spec = flatten(futures)
+        pending = [f for f in leaves if isinstance(f, concurrent.futures.Future)]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            if progress:
+                self._wait_with_bar(pending, deadline, progress)
+            results = [
+                leaf.result(_remaining(deadline)) if isinstance(leaf, concurrent.futures.Future)
+                else leaf
+                for leaf in leaves
+            ]
+        except KeyboardInterrupt:
+            self._interrupt(pending)
+            raise
+        return unflatten(spec, results)
+
+    def gather_single(
+        self, future: concurrent.futures.Future[R], timeout: float | None = None
+    ) -> R:
+        """Wait for one future and return its result (name kept from the original API)."""
+        result: R = self.gather(future, timeout=timeout)
+        return result
+
+    def _wait_with_bar(
+        self, pending: list[concurrent.futures.Future[Any]], deadline: float | None,
+        options: bool | dict[str, Any],
+    ) -> None:
+        from tqdm import tqdm
+
+        kwargs: dict[str, Any] = {"desc": "tasks", "unit": "task"}
+        if isinstance(options, dict):
+            kwargs.update(options)
+        with tqdm(total=len(pending), **kwargs) as bar:
+            for _ in concurrent.futures.as_completed(pending, timeout=_remaining(deadline)):
+                bar.update(1)
+
+    def _interrupt(self, pending: list[concurrent.futures.Future[Any]]) -> None:
+        """Cancel what has not started; engines that can stop running work do so."""
+        for f in pending:
+            f.cancel()
+
+    # ------------------------------------------------------------------ map
+
+    def map(
+        self, fn: Callable[..., R], *iterables: Iterable[Any], chunksize: int | None = None,
+        timeout: float | None = None,
+    ) -> list[R]:
+        """``[fn(*xs) for xs in zip(*iterables)]`` in parallel, results in order.
+
+        Items are sent in batches of ``chunksize`` so that per-item overhead stays small.
+
+        Parameters
+        ----------
+        fn
+            The callable applied to each item.
+        *iterables
+            Iterables of arguments, zipped as by :func:`map`.
+        chunksize
+            Items per task; ``None`` picks about four batches per worker.
+        timeout
+            Seconds to wait in all.
+
+        Returns
+        -------
+        list
+            One result per item, in order.
+        """
+        items = list(zip(*iterables, strict=False))
+        return self._map_items(fn, items, chunksize, timeout, star=True)
+
+    def starmap(
+        self, fn: Callable[..., R], iterable: Iterable[Sequence[Any]], chunksize: int | None = None,
+        timeout: float | None = None,
+    ) -> list[R]:
+        """``[fn(*args) for args in iterable]`` in parallel, results in order."""
+        return self._map_items(fn, list(iterable), chunksize, timeout, star=True)
+
+    def map_async(
+        self, fn: Callable[..., R], *iterables: Iterable[Any], chunksize: int | None = None
+    ) -> list[TaskFuture[list[R]]]:
+        """Submit :meth:`map`'s batches and return their futures (each gives a list).
+
+        ``[r for batch in executor.gather(futures) for r in batch]`` is the map's result.
+        """
+        items = list(zip(*iterables, strict=False))
+        return self._submit_batches(fn, items, chunksize, star=True)
+
+    def _map_items(
+        self, fn: Callable[..., R], items: list[Any], chunksize: int | None,
+        timeout: float | None, star: bool,
+    ) -> list[R]:
+        batches = self._submit_batches(fn, items, chunksize, star)
+        results: list[list[R]] = self.gather(batches, timeout=timeout)
+        return [r for batch in results for r in batch]
+
+    def _submit_batches(
+        self, fn: Callable[..., R], items: list[Any], chunksize: int | None, star: bool
+    ) -> list[TaskFuture[list[R]]]:
+        self._check_open()
+        if chunksize is None:
+            chunksize = max(1, math.ceil(len(items) / (4 * self.get_n_workers())))
+        elif isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
+            raise ValueError(f"chunksize must be a positive int or None, got {chunksize!r}")
+        runner = _run_star_batch if star else _run_batch
+        futures = []
+        for start in range(0, len(items), chunksize):
+            future: TaskFuture[list[R]] = TaskFuture()
+            self._start(future, runner, (fn, items[start:start + chunksize]), {})
+            futures.append(future)
+        return futures
+
+    # ------------------------------------------------------------------ arrange / distribute
+
+    def arrange(
+        self, data: Any, shuffle: Any = False, *, block_rows: int | None = None
+    ) -> Allocation:
+        """Split ``data`` over this executor's workers, by weight (see :func:`mepa.arrange`)."""
+        return arrange(data, self._workers, shuffle=shuffle, block_rows=block_rows)
+
+    def arrange_many(
+        self, *arrays: Any, shuffle: Any = False, block_rows: int | None = None
+    ) -> Allocation:
+        """Split several equal-length arrays the same way (see :func:`mepa.arrange_many`)."""
+        return arrange_many(*arrays, weights=self._workers, shuffle=shuffle, block_rows=block_rows)
+
+    def distribute(self, fn: Callable[..., R], *args: Any, **kwargs: Any) -> list[TaskFuture[R]]:
+        """Call ``fn`` once per worker; each :class:`~mepa.Allocation` argument becomes its chunk.
+
+        Allocations are found among ``args`` and ``kwargs``, also inside lists, tuples and
+        dicts. Every allocation must have one chunk per worker (arrange it with this
+        executor).
+
+        Returns
+        -------
+        list of TaskFuture
+            One future per worker, in worker order: ready for
+            ``alloc.reassemble(executor.gather(futures))``.
+        """
+        self._check_open()
+        allocations = [
+            leaf for leaf in itertools.chain(iter_leaves(args), iter_leaves(kwargs))
+            if isinstance(leaf, Allocation)
+        ]
+        n = self.get_n_workers()
+        for alloc in allocations:
+            if len(alloc) != n:
+                from .._errors import AllocationError
+
+                raise AllocationError(
+                    f"distribute needs an allocation with one chunk per worker: this executor "
+                    f"has {n} workers, got an allocation of {len(alloc)} chunks; build it with "
+                    "executor.arrange(data) on the same executor"
+                )
+        root = self._root()
+        plan = root._plan_distribute(allocations) if allocations else None
+        futures: list[TaskFuture[R]] = []
+        try:
+            for i, worker in enumerate(self._workers):
+                def pick(leaf: Any, i: int = i) -> Any:
+                    if isinstance(leaf, Allocation):
+                        return root._chunk_argument(leaf, i, plan)
+                    return leaf
+
+                chunk_args = tree_map(pick, args) if allocations else args
+                chunk_kwargs = tree_map(pick, kwargs) if allocations else kwargs
+                hint = None if plan is None else plan.hint(i)
+                futures.append(self._submit(fn, chunk_args, chunk_kwargs, worker, i, hint))
+        finally:
+            if plan is not None:
+                plan.finish(futures)
+        return futures
+
+    def distribute_and_gather(self, fn: Callable[..., R], *args: Any, **kwargs: Any) -> list[R]:
+        """:meth:`distribute` then :meth:`gather`."""
+        results: list[R] = self.gather(self.distribute(fn, *args, **kwargs))
+        return results
+
+    def _plan_distribute(self, allocations: list[Allocation]) -> DistributePlan | None:
+        """Prepare to send chunks of ``allocations``; engines may share the data first."""
+        return None
+
+    def _chunk_argument(self, alloc: Allocation, i: int, plan: DistributePlan | None) -> Any:
+        """What a task receives for chunk ``i`` of ``alloc``; engines may send a lazy form."""
+        return alloc[i]
+
+    def scatter(self, data: R) -> R:
+        """Place big data where tasks can read it without sending it again.
+
+        Returns what to pass to tasks instead of ``data``. Executors that share memory
+        return ``data`` itself.
+        """
+        return data
+
+    # ------------------------------------------------------------------ events and progress
+
+    def _events(self) -> EventHub:
+        root = self._root()
+        with root._lock:
+            if root._hub is None:
+                from .._events import EventHub
+
+                root._hub = root._make_hub()
+                assert isinstance(root._hub, EventHub)
+            return root._hub
+
+    def _make_hub(self) -> EventHub:
+        from .._events import EventHub
+
+        return EventHub()
+
+    def register(self, callback: Callable[..., Any]) -> EventContext:
+        """Bind ``callback`` to a new anonymous event and return its context.
+
+        A task calls ``ctx.fire(*args, **kwargs)``; the host calls ``callback(*args, **kwargs)``
+        in the executor's dispatcher thread, in the order each worker fired.
+        """
+        self._check_open()
+        return self._events().register(callback)
+
+    def on(self, event: Hashable, callback: Callable[..., Any]) -> EventContext:
+        """Bind ``callback`` to the named ``event`` (several callbacks per event)."""
+        self._check_open()
+        return self._events().on(event, callback)
+
+    def off(self, event: Any, callback: Callable[..., Any] | None = None) -> None:
+        """Unbind: ``off(ctx)``, ``off(event)`` or ``off(event, callback)``."""
+        self._events().off(event, callback)
+
+    def progress(self, total: int = 0, **tqdm_kwargs: Any) -> Progress:
+        """A tqdm bar on the host that tasks can update.
+
+        Capture it in a closure or pass it as an argument; inside a task use
+        ``progress.update(n)``, ``progress.iters(seq)``, ``progress.range(...)``,
+        ``progress.register(n)`` or ``with progress(n): ...``.
+
+        Parameters
+        ----------
+        total
+            Initial total; tasks may add to it with ``register``.
+        **tqdm_kwargs
+            Passed to :class:`tqdm.tqdm` (``desc``, ``unit``, ``disable``, ``file`` ...).
+        """
+        from .._progress import Progress
+
+        self._check_open()
+        bar = Progress(self._events(), total=total, **tqdm_kwargs)
+        root = self._root()
+        with root._lock:
+            root._progress_bars.append(bar)
+        return bar
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop accepting tasks and release the engine; calling it again does nothing.
+
+        Parameters
+        ----------
+        wait
+            Wait for running tasks (and the events they fired) before returning.
+        """
+        with self._lock:
+            if self._is_shutdown:
+                return
+            self._is_shutdown = True
+            pending = list(self._pending)
+        if wait:
+            concurrent.futures.wait(pending)
+        else:
+            for future in pending:
+                future.cancel()
+        self._engine_shutdown(wait)
+        with self._lock:
+            bars, self._progress_bars = self._progress_bars, []
+            hub, self._hub = self._hub, None
+        for bar in bars:
+            bar.dispose()
+        if hub is not None:
+            hub.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown(wait=True)
+
+    def __repr__(self) -> str:
+        state = "shut down" if self._is_shutdown else "running"
+        return f"<{type(self).__name__} {state}, {len(self._workers)} workers>"
+
+
+class DistributePlan:
+    """What an engine prepared for one ``distribute`` call (e.g. data put in shared memory).
+
+    :meth:`hint` is stored on chunk ``i``'s future for the engine's ``_prepare_call``;
+    :meth:`finish` is called once with every future submitted, also when submitting failed.
+    """
+
+    def hint(self, i: int) -> Any:
+        """Engine data for chunk ``i``'s task."""
+        return None
+
+    def finish(self, futures: Sequence[concurrent.futures.Future[Any]]) -> None:
+        """Release what the plan holds once ``futures`` are done."""
+
+
+class SubExecutor(Executor):
+    """Some of a parent executor's workers, on the parent's engine.
+
+    Made by :meth:`Executor.extract_by_name`. Tasks are pinned to the selected workers;
+    events and progress go through the parent. :meth:`shutdown` only stops this view.
+    """
+
+    def __init__(self, parent: Executor, workers: Sequence[Worker]) -> None:
+        super().__init__(workers)
+        self._parent = parent
+
+    def _root(self) -> Executor:
+        return self._parent._root()
+
+    def _check_open(self) -> None:
+        super()._check_open()
+        self._parent._check_open()
+
+    def _submit(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+        worker: Worker | None, chunk: int | None, hint: Any = None,
+    ) -> TaskFuture[Any]:
+        if worker is None and len(self._workers) == 1:
+            worker = self._workers[0]
+        return super()._submit(fn, args, kwargs, worker, chunk, hint)
+
+    def _engine_submit(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+        worker: Worker | None,
+    ) -> concurrent.futures.Future[Any]:  # pragma: no cover - _start goes to the root
+        return self._root()._engine_submit(fn, args, kwargs, worker)
+
+    def _engine_shutdown(self, wait: bool) -> None:
+        pass
+
+    def is_local(self) -> bool:
+        return self._root().is_local()
+
+    def shares_memory(self) -> bool:
+        return self._root().shares_memory()
+
+    def create_shared_array(self, shape: int | tuple[int, ...], dtype: Any = float) -> Any:
+        return self._root().create_shared_array(shape, dtype)
+
+    def scatter(self, data: R) -> R:
+        return self._root().scatter(data)
+
+    def shutdown(self, wait: bool = True) -> None:
+        with self._lock:
+            self._is_shutdown = True
+
+
+def _check_workers(workers: Sequence[Worker]) -> tuple[Worker, ...]:
+    workers = tuple(workers)
+    if not workers:
+        raise WorkerSpecError(
+            "an executor needs at least one worker, got none; pass n_workers >= 1"
+        )
+    for w in workers:
+        if not isinstance(w, Worker):
+            raise WorkerSpecError(
+                f"workers must be mepa.Worker objects, got {type(w).__name__}: {w!r}"
+            )
+    names = [w.name for w in workers]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise WorkerSpecError(
+            f"worker names must be unique, got duplicates {duplicates}; rename the workers"
+        )
+    return workers
+
+
+def _remaining(deadline: float | None) -> float | None:
+    if deadline is None:
+        return None
+    return max(0.0, deadline - time.monotonic())
+
+
+def _set_result(future: TaskFuture[Any], value: Any) -> None:
+    with contextlib.suppress(concurrent.futures.InvalidStateError):
+        future.set_result(value)
+
+
+def _set_exception(future: TaskFuture[Any], exc: BaseException) -> None:
+    with contextlib.suppress(concurrent.futures.InvalidStateError):
+        future.set_exception(exc)
+
+
+def _run_batch(fn: Callable[[Any], R], items: list[Any]) -> list[R]:
+    return [fn(item) for item in items]
+
+
+def _run_star_batch(fn: Callable[..., R], items: list[Sequence[Any]]) -> list[R]:
+    return [fn(*item) for item in items]
+

@@ -1,0 +1,483 @@
+"""Processes on loky's reusable executor, with big arrays in shared memory.
+
+::
+
+    host                                           loky worker process
+    ────                                           ───────────────────
+    submit(fn, big_array)
+      └─ args: arrays >= threshold ─▶ pooled shared-memory segment (one copy, reused)
+      └─ cloudpickle(fn, handles) ─────────────▶  attach segment, view (no copy)
+                                                  fn(view) -> result
+      ◀──────────── handles of result segments ── big result arrays → shared memory
+      view of the segment (no copy); the segment is freed with the last view
+    events: ctx.fire ─ batched ─▶ private AF_UNIX socket (authkey) ─▶ dispatcher thread
+
+Tasks are pickled with cloudpickle, so lambdas and closures defined in ``__main__`` work.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import re
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from .._allocation import Allocation, ChunkSelection
+from .._errors import SerializationError, WorkerCrashedError
+from .._shm import (
+    DEFAULT_THRESHOLD,
+    Lease,
+    OutputBuffer,
+    SegmentPool,
+    SegmentRef,
+    SharedArray,
+    decode_result,
+    encode_args,
+    run_shared,
+)
+from .._tree import tree_map
+from .._worker import Worker, make_workers, physical_cores
+from ._base import DistributePlan, Executor
+from ._futures import TaskFuture
+
+__all__ = ["ProcessExecutor"]
+
+_IDLE_TIMEOUT = 60.0
+
+
+class ProcessExecutor(Executor):
+    """Runs tasks in loky worker processes, reused between executors.
+
+    Parameters
+    ----------
+    n_workers
+        Number of worker processes; ``None`` means one per physical core.
+    shared_memory_threshold
+        NumPy arrays of at least this many bytes (arguments, chunks and results) travel
+        through shared memory instead of being pickled; ``None`` turns this off.
+
+    Notes
+    -----
+    mepa keeps one loky pool per interpreter and reuses it between executors of the same
+    size, so a new ``ProcessExecutor`` starts its first task without spawning processes when
+    such a pool is alive. :meth:`shutdown` waits for this executor's tasks; idle worker
+    processes exit after a minute, or at once with ``shutdown(wait=False)`` or
+    :func:`mepa.shutdown_worker_pools`.
+
+    A worker that dies (a crash, ``os._exit``, the out-of-memory killer) fails the tasks
+    it took down with :class:`~mepa.WorkerCrashedError`; the next call starts fresh
+    workers.
+    """
+
+    def __init__(
+        self,
+        n_workers: int | None = None,
+        *,
+        shared_memory_threshold: int | None = DEFAULT_THRESHOLD,
+    ) -> None:
+        super().__init__(make_workers("process", n_workers, physical_cores()))
+        if shared_memory_threshold is not None and (
+            isinstance(shared_memory_threshold, bool)
+            or not isinstance(shared_memory_threshold, int)
+            or shared_memory_threshold < 0
+        ):
+            raise ValueError(
+                "shared_memory_threshold must be a number of bytes >= 0 or None, got "
+                f"{shared_memory_threshold!r}"
+            )
+        self._threshold = shared_memory_threshold
+        self._engine_lock = threading.Lock()
+        self._engine: Any = None
+        self._segments: SegmentPool | None = None
+
+    # -- shared memory
+
+    def _pool(self) -> SegmentPool:
+        with self._engine_lock:
+            if self._segments is None:
+                self._segments = SegmentPool()
+            return self._segments
+
+    def create_shared_array(self, shape: int | tuple[int, ...], dtype: Any = float) -> Any:
+        """An uninitialised array in shared memory that tasks write into, in place.
+
+        Passing it (or any view of it) to a task sends a handle, never a copy. Its memory
+        returns to the executor's pool when the array and its views are garbage collected.
+        """
+        self._check_open()
+        return self._pool().empty(shape, np.dtype(dtype))
+
+    def scatter(self, data: Any) -> Any:
+        """Put a big array in shared memory once; pass the returned array to many tasks.
+
+        Arrays below the threshold, and other objects, are returned unchanged.
+        """
+        self._check_open()
+        if (
+            self._threshold is not None
+            and isinstance(data, np.ndarray)
+            and type(data) is np.ndarray
+            and data.dtype != object
+            and data.nbytes >= self._threshold
+        ):
+            shared = self._pool().empty(data.shape, data.dtype)
+            np.copyto(shared, data)
+            return shared
+        return data
+
+    def _prepare_call(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+        future: TaskFuture[Any],
+    ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+        from .._events import run_task
+
+        hint: _ChunkHint | None = future._hint
+        if self._threshold is None or not (
+            hint is not None or _has_arrays(args) or _has_arrays(kwargs)
+        ):
+            return run_task, (fn, *args), kwargs
+        pool = self._pool()
+        encoded_args, leases = encode_args(args, pool, self._threshold)
+        try:
+            encoded_kwargs, more = encode_args(kwargs, pool, self._threshold)
+        except BaseException:
+            for lease in leases:
+                lease.release()
+            raise
+        leases.extend(more)
+        slot: SegmentRef | None = None
+        output: OutputBuffer | None = None
+        if hint is not None:
+            fn = _ChunkCall(fn)
+            slot, output = hint.slot, hint.output
+        future._transport = (leases, output)
+        return run_task, (run_shared, fn, encoded_args, encoded_kwargs, pool.prefix,
+                          self._threshold, slot), {}
+
+    def _decode_result(self, future: TaskFuture[Any], value: Any) -> Any:
+        transport = future._transport
+        if transport is None:
+            return value
+        _, output = transport
+        return decode_result(value, self._pool(), output)
+
+    def _task_finished(self, future: TaskFuture[Any]) -> None:
+        transport, future._transport = future._transport, None
+        if transport is not None:
+            leases, _ = transport
+            for lease in leases:
+                lease.release()
+
+    def _plan_distribute(self, allocations: list[Allocation]) -> DistributePlan | None:
+        if self._threshold is None:
+            return None
+        big = [a for a in allocations if sum(x.nbytes for x in a.arrays) >= self._threshold]
+        if not big:
+            return None
+        return _SharedPlan(self._pool(), big, self._threshold)
+
+    def _chunk_argument(self, alloc: Allocation, i: int, plan: DistributePlan | None) -> Any:
+        if isinstance(plan, _SharedPlan):
+            sources = plan.sources.get(id(alloc))
+            if sources is not None:
+                return _SharedChunk(sources, alloc.selection(i), len(alloc.arrays) > 1)
+        return alloc[i]
+
+    # -- engine
+
+    def _loky(self) -> Any:
+        with self._engine_lock:
+            engine = self._engine
+            if engine is None or _is_broken(engine):
+                engine = _POOLS.acquire(self, len(self.workers))
+                self._engine = engine
+            return engine
+
+    def _engine_submit(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+        worker: Worker | None,
+    ) -> concurrent.futures.Future[Any]:
+        return self._loky().submit(fn, *args, **kwargs)  # type: ignore[no-any-return]
+
+    def _engine_shutdown(self, wait: bool) -> None:
+        with self._engine_lock:
+            engine, self._engine = self._engine, None
+            segments, self._segments = self._segments, None
+        _POOLS.release(self, engine, kill=not wait)
+        if segments is not None:
+            segments.close()
+
+    def _interrupt(self, pending: list[concurrent.futures.Future[Any]]) -> None:
+        super()._interrupt(pending)
+        with self._engine_lock:
+            engine, self._engine = self._engine, None
+        if engine is not None:
+            _POOLS.discard(engine)
+
+    def _make_hub(self) -> Any:
+        hub = super()._make_hub()
+        hub.process_channel()
+        return hub
+
+    def _translate_error(self, exc: BaseException, future: TaskFuture[Any]) -> BaseException:
+        from loky.process_executor import TerminatedWorkerError
+
+        if isinstance(exc, TerminatedWorkerError):
+            codes = re.search(r"exit codes of the workers are \{(.*?)\}", str(exc))
+            exitcode = _first_exit_code(codes.group(1)) if codes else None
+            what = f" (exit codes: {codes.group(1)})" if codes else ""
+            crash = WorkerCrashedError(
+                f"a worker process died while running the task on {future.describe()}{what}; "
+                "it may have crashed, called os._exit, or been killed for using too much "
+                "memory. The executor starts fresh workers on the next call.",
+                exitcode=exitcode,
+                chunk=future.chunk,
+            )
+            crash.__cause__ = exc
+            segments = self._segments
+            if segments is not None:
+                segments.cleanup_leftovers()
+            return crash
+        if _is_pickling_error(exc):
+            error = SerializationError(
+                f"the task on {future.describe()} or its result could not be pickled: {exc}; "
+                "make sure functions, arguments and results are picklable (cloudpickle "
+                "handles lambdas and closures; open files, locks and sockets are not)"
+            )
+            error.__cause__ = exc
+            return error
+        return exc
+
+
+class _PoolCache:
+    """One loky pool per interpreter, shared by the process executors that fit it.
+
+    Starting worker processes (and importing NumPy in them) takes a good fraction of a
+    second, so a pool outlives the executors that used it; its workers exit after
+    ``_IDLE_TIMEOUT`` seconds without work and come back on demand. An executor that needs
+    another worker count while the shared pool is in use by others gets a pool of its own.
+    Unlike ``loky.get_reusable_executor``, the pool is shared by every thread of the host.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._shared: Any = None
+        self._size = 0
+        self._users: set[int] = set()
+        self._private: dict[int, Any] = {}
+
+    def acquire(self, user: object, n_workers: int) -> Any:
+        import loky
+
+        with self._lock:
+            if self._shared is not None and _is_broken(self._shared):
+                self._shared = None
+            if self._shared is not None and self._size == n_workers:
+                self._users.add(id(user))
+                return self._shared
+            if self._shared is None or not (self._users - {id(user)}):
+                if self._shared is not None:
+                    self._shared.shutdown(wait=False, kill_workers=True)
+                self._shared = loky.ProcessPoolExecutor(
+                    max_workers=n_workers, timeout=_IDLE_TIMEOUT
+                )
+                self._size = n_workers
+                self._users = {id(user)}
+                return self._shared
+            pool = loky.ProcessPoolExecutor(max_workers=n_workers, timeout=_IDLE_TIMEOUT)
+            self._private[id(user)] = pool
+            return pool
+
+    def release(self, user: object, engine: Any, kill: bool) -> None:
+        with self._lock:
+            self._users.discard(id(user))
+            private = self._private.pop(id(user), None)
+            if kill and engine is not None and engine is self._shared:
+                self._shared = None
+        if private is not None:
+            private.shutdown(wait=not kill, kill_workers=kill)
+        elif kill and engine is not None:
+            engine.shutdown(wait=False, kill_workers=True)
+
+    def discard(self, engine: Any) -> None:
+        """Stop ``engine``'s workers now (Ctrl-C); the next call starts fresh ones."""
+        with self._lock:
+            if engine is self._shared:
+                self._shared = None
+            for key, pool in list(self._private.items()):
+                if pool is engine:
+                    del self._private[key]
+        engine.shutdown(wait=False, kill_workers=True)
+
+    def shutdown(self) -> None:
+        """Stop every pool and its workers (used by tests and at exit)."""
+        with self._lock:
+            pools = [self._shared, *self._private.values()]
+            self._shared = None
+            self._users.clear()
+            self._private.clear()
+        for pool in pools:
+            if pool is not None:
+                pool.shutdown(wait=True, kill_workers=True)
+
+
+_POOLS = _PoolCache()
+
+
+def shutdown_worker_pools() -> None:
+    """Stop the worker processes kept for reuse between process executors."""
+    _POOLS.shutdown()
+
+
+def _is_broken(engine: Any) -> bool:
+    flags = getattr(engine, "_flags", None)
+    return flags is None or bool(flags.broken) or bool(flags.shutdown)
+
+
+class _ChunkHint:
+    """Chunk ``i``'s part of a shared distribute: where its result should go."""
+
+    __slots__ = ("output", "slot")
+
+    def __init__(self, output: OutputBuffer | None, slot: SegmentRef | None) -> None:
+        self.output = output
+        self.slot = slot
+
+
+class _SharedPlan(DistributePlan):
+    """A distribute whose big allocations were copied once into shared memory.
+
+    Every worker then takes its own chunk from the shared source (a view when unshuffled,
+    its gather of blocks when shuffled), in parallel, and copies its result into the region
+    of one shared output buffer where its rows sit, so that unshuffled results come back as
+    adjacent views that :meth:`~mepa.Allocation.reassemble` returns without a copy.
+    """
+
+    def __init__(self, pool: SegmentPool, allocations: list[Allocation], threshold: int) -> None:
+        self.sources: dict[int, tuple[SharedArray, ...]] = {}
+        self._leases: list[Lease] = []
+        try:
+            for alloc in allocations:
+                if id(alloc) in self.sources:
+                    continue
+                handles = []
+                for array in alloc.arrays:
+                    handle = pool.lookup(array)
+                    if handle is None:
+                        handle = pool.share(array)
+                    assert handle.lease is not None
+                    self._leases.append(handle.lease)
+                    handles.append(handle)
+                self.sources[id(alloc)] = tuple(handles)
+        except BaseException:
+            self._release()
+            raise
+        first = allocations[0]
+        template = first.arrays[0]
+        row_bytes = template.dtype.itemsize * int(np.prod(template.shape[1:], dtype=np.int64))
+        self._output: OutputBuffer | None = None
+        self._regions: list[SegmentRef | None] = [None] * len(first)
+        total = first.n * row_bytes
+        if row_bytes and total >= threshold and template.dtype != object:
+            self._output = OutputBuffer(pool.lease(total))
+            for i, (offset, size) in enumerate(zip(first.offsets, first.sizes, strict=True)):
+                self._regions[i] = self._output.region(offset * row_bytes, size * row_bytes)
+
+    def hint(self, i: int) -> _ChunkHint:
+        return _ChunkHint(self._output, self._regions[i])
+
+    def finish(self, futures: Sequence[concurrent.futures.Future[Any]]) -> None:
+        self._output = None  # the futures' hints keep it alive while needed
+        if not futures:
+            self._release()
+            return
+        remaining = [len(futures)]
+        lock = threading.Lock()
+
+        def done(_: concurrent.futures.Future[Any]) -> None:
+            with lock:
+                remaining[0] -= 1
+                last = remaining[0] == 0
+            if last:
+                self._release()
+
+        for future in futures:
+            future.add_done_callback(done)
+
+    def _release(self) -> None:
+        leases, self._leases = self._leases, []
+        for lease in leases:
+            lease.release()
+
+
+class _SharedChunk:
+    """A chunk to take, in the worker, from allocation data in shared memory."""
+
+    __slots__ = ("many", "selection", "sources")
+
+    def __init__(
+        self, sources: tuple[SharedArray, ...], selection: ChunkSelection, many: bool
+    ) -> None:
+        self.sources = sources
+        self.selection = selection
+        self.many = many
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_SharedChunk, (self.sources, self.selection, self.many))
+
+    def resolve(self) -> Any:
+        pieces = tuple(self.selection.take(source.open()) for source in self.sources)
+        return pieces if self.many else pieces[0]
+
+
+class _ChunkCall:
+    """In the worker: replace :class:`_SharedChunk` arguments by their chunks, call ``fn``."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_ChunkCall, (self.fn,))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        def resolve(leaf: Any) -> Any:
+            return leaf.resolve() if isinstance(leaf, _SharedChunk) else leaf
+
+        return self.fn(*tree_map(resolve, args), **tree_map(resolve, kwargs))
+
+
+def _has_arrays(tree: Any) -> bool:
+    """Whether ``tree`` (lists, tuples, dicts) holds a NumPy array anywhere."""
+    if isinstance(tree, np.ndarray):
+        return True
+    if isinstance(tree, (list, tuple)):
+        return any(_has_arrays(x) for x in tree)
+    if isinstance(tree, dict):
+        return any(_has_arrays(x) for x in tree.values())
+    return False
+
+
+def _first_exit_code(text: str) -> int | None:
+    match = re.search(r"-?\d+", text)
+    return int(match.group(0)) if match else None
+
+
+def _is_pickling_error(exc: BaseException) -> bool:
+    import pickle
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, pickle.PicklingError):
+            return True
+        text = str(current)
+        if "pickl" in text.lower() and isinstance(current, (TypeError, AttributeError)):
+            return True
+        current = current.__cause__ or current.__context__
+    return False

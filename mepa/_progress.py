@@ -1,0 +1,451 @@
+"""Progress bars on the host, fed by tasks.
+
+A :class:`Progress` owns a tqdm bar on the host and an anonymous event of the executor's
+:class:`~mepa._events.EventHub`. Pickled into a task (as an argument or captured by a closure),
+it becomes a proxy that sends three kinds of message through that event::
+
+    task: update(1) x many ──► pending += n ─┐ every ~0.1 s (flusher thread)
+          register(n), close() ──────────────┤ and at task end (run_task)
+                                             ▼
+                                       ctx.fire(kind, n) ──► hub ──► Progress._on_message ──► tqdm
+
+Updates inside a task are summed locally and sent at most every ~0.1 s, so a loop of a million
+``update(1)`` costs little more than the loop; :func:`~mepa._events.run_task` sends what is left
+before the task's result goes back, so no update is lost. On the host, outside tasks, every
+method acts on the bar at once (thread-safe).
+
+*When the bar closes.* The bar closes when nothing holds it open any more, or at
+:meth:`Progress.dispose` (executor shutdown). Holds are:
+
+- the host's own registration, from construction (whatever ``total``) until the host calls
+  :meth:`Progress.close`; ``register(n)`` on the host adds ``n`` to it (and takes it again
+  after a ``close``);
+- every ``register(n)`` made in a task, until the matching ``close()`` in that task;
+- every ``iters``, ``range`` and ``with progress(n):`` block, on the host or in a task, until
+  the block ends.
+
+Messages that arrive after the bar closed are counted and logged, not shown.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import os
+import threading
+import uuid
+import weakref
+from collections.abc import Iterable, Iterator, Sized
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ._events import _IN_TASK, EventContext, EventHub, _flush_at_task_end, _flush_soon
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+__all__ = ["Progress"]
+
+T = TypeVar("T")
+
+logger = logging.getLogger("mepa.progress")
+
+_UPDATE = 0
+_REGISTER = 1
+_CLOSE = 2
+
+# Host-side bars of this process, so that a bar unpickled where it was made is the bar itself.
+_HOSTED: weakref.WeakValueDictionary[str, Progress] = weakref.WeakValueDictionary()
+os.register_at_fork(after_in_child=_HOSTED.clear)
+
+
+def _check_count(name: str, n: int) -> None:
+    if n < 0:
+        raise ValueError(f"{name} must be >= 0, got {n!r}")
+
+
+class Progress:
+    """A tqdm bar on the host that tasks update.
+
+    Usable on the host and inside tasks (threads, loky workers; it pickles with pickle and
+    cloudpickle). See the module documentation for when the bar closes.
+
+    Parameters
+    ----------
+    hub
+        The executor's event hub.
+    total
+        Initial total (the host's own share of the work).
+    **tqdm_kwargs
+        Passed to :class:`tqdm.tqdm`: ``desc``, ``unit``, ``disable``, ``file``, ...
+
+    Examples
+    --------
+    >>> import io
+    >>> from mepa._events import EventHub, run_task
+    >>> hub = EventHub()
+    >>> progress = Progress(hub, total=3, file=io.StringIO())
+    >>> result = run_task(lambda: sum(progress.iters([1, 2, 3])))
+    >>> hub.drain(5)
+    True
+    >>> progress.n, progress.total
+    (3, 6)
+    >>> progress.close()
+    >>> progress.finished
+    True
+    >>> hub.close()
+    """
+
+    _bar: Any  # tqdm.tqdm on the host, None in a proxy
+
+    def __init__(self, hub: EventHub, total: int = 0, **tqdm_kwargs: Any) -> None:
+        from tqdm import tqdm
+
+        _check_count("total", total)
+        self._id = uuid.uuid4().hex
+        self._init_sending(hub.register(self._on_message))
+        self._hub: EventHub | None = hub
+        self._lock = threading.Lock()
+        self._host_holds = True
+        self._holds = 0  # registrations of tasks and blocks still open
+        self._finished = False
+        self._late = 0
+        self._bar = tqdm(total=total, **tqdm_kwargs)
+        _HOSTED[self._id] = self
+        hub._add_close_hook(self.dispose)
+
+    def _init_sending(self, ctx: EventContext) -> None:
+        self._ctx = ctx
+        self._send_lock = threading.Lock()  # one sender at a time: messages leave in order
+        self._local = threading.local()  # .acc: this thread's _Counter for update()
+        self._counters: list[_Counter] = []
+        self._scheduled = False
+        self._own_holds = 0  # registrations made through this object inside tasks
+        _flush_at_task_end(self)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_progress, (self._id, self._ctx))
+
+    def __repr__(self) -> str:
+        if self._bar is None:
+            return f"<Progress {self._id[:8]} (in a task)>"
+        state = "closed" if self._finished else "open"
+        return f"<Progress {self._id[:8]} {state}, {self._bar.n}/{self._bar.total}>"
+
+    # ------------------------------------------------------------------ host-side state
+
+    @property
+    def bar(self) -> Any:
+        """The :class:`tqdm.tqdm` bar (host only)."""
+        if self._bar is None:
+            raise RuntimeError("the tqdm bar lives on the host; a task only sends updates to it")
+        return self._bar
+
+    @property
+    def n(self) -> int:
+        """Updates shown so far (host only)."""
+        return int(self.bar.n)
+
+    @property
+    def total(self) -> int:
+        """Current total (host only)."""
+        return int(self.bar.total or 0)
+
+    @property
+    def finished(self) -> bool:
+        """Whether the bar has been closed (host only)."""
+        self.bar  # noqa: B018 - host-only check
+        return self._finished
+
+    def _on_host(self) -> bool:
+        return self._bar is not None and not _IN_TASK.get()
+
+    # ------------------------------------------------------------------ the API
+
+    def update(self, n: int = 1) -> None:
+        """Advance the bar by ``n``.
+
+        On the host the bar moves at once; inside a task updates are summed and sent at most
+        every ~0.1 s and at the end of the task.
+
+        Parameters
+        ----------
+        n
+            Number of items done.
+        """
+        if self._bar is not None and not _IN_TASK.get():
+            self._apply(_UPDATE, n)
+            return
+        try:
+            counter = self._local.acc
+        except AttributeError:
+            counter = self._local.acc = self._new_counter()
+        counter.done += n  # only this thread writes it: no lock
+        if not self._scheduled:  # read after the write, see flush()
+            self._scheduled = True
+            _flush_soon(self)
+
+    def register(self, n: int) -> None:
+        """Add ``n`` to the total; in a task, also hold the bar open until :meth:`close`.
+
+        Parameters
+        ----------
+        n
+            Number of items this part of the work will report, ``>= 0``.
+        """
+        _check_count("n", n)
+        if self._on_host():
+            with self._lock:
+                self._host_holds = True
+            self._apply(_REGISTER, n, hold=False)
+            return
+        with self._send_lock:
+            self._send_pending()
+            self._own_holds += 1
+            self._ctx.fire(_REGISTER, n)
+
+    def close(self) -> None:
+        """Release a hold on the bar: the host's, or in a task the last ``register`` made there.
+
+        Pending updates are sent first. Does nothing if there is no such hold.
+        """
+        if self._on_host():
+            with self._lock:
+                self._host_holds = False
+                self._finish_if_done()
+            return
+        with self._send_lock:
+            self._send_pending()
+            if self._own_holds == 0:
+                return
+            self._own_holds -= 1
+            self._ctx.fire(_CLOSE, 0)
+
+    def flush(self) -> None:
+        """Send the updates summed in this process now (normally done for you)."""
+        with self._send_lock:
+            self._send_pending()
+
+    def dispose(self) -> None:
+        """Close the bar now, whatever still holds it (the executor calls this at shutdown).
+
+        In a task, only sends pending updates. Idempotent.
+        """
+        if self._bar is None:
+            self.flush()
+            return
+        self.flush()
+        with self._lock:
+            self._host_holds = False
+            self._holds = 0
+            self._finish_if_done()
+        hub, self._hub = self._hub, None
+        if hub is not None:
+            hub.off(self._ctx)
+        _HOSTED.pop(self._id, None)
+
+    def iters(self, iterable: Iterable[T], total: int | None = None) -> Iterator[T]:
+        """Yield the items of ``iterable``, registering their number and updating one per item.
+
+        The registration is closed when the iteration ends (also by ``break`` or an exception).
+
+        Parameters
+        ----------
+        iterable
+            The items; must have a length unless ``total`` is given.
+        total
+            Number of items to register.
+
+        Returns
+        -------
+        Iterator
+            The items.
+        """
+        if total is None:
+            if not isinstance(iterable, Sized):
+                raise TypeError(
+                    f"iters() needs a sized iterable or total=..., got {type(iterable).__name__}"
+                )
+            total = len(iterable)
+        _check_count("total", total)
+        return self._iterate(iterable, total)
+
+    def _iterate(self, iterable: Iterable[T], total: int) -> Iterator[T]:
+        with self(total):
+            if self._on_host():
+                for item in iterable:
+                    yield item
+                    self._apply(_UPDATE, 1)
+                return
+            # In a task: count in a counter of this generator's own (no call per item).
+            counter = self._new_counter()
+            try:
+                for item in iterable:
+                    yield item
+                    counter.done += 1
+                    if not self._scheduled:
+                        self._scheduled = True
+                        _flush_soon(self)
+            finally:
+                with self._send_lock:
+                    self._send_pending()
+                    self._counters.remove(counter)
+
+    def range(self, *args: int) -> Iterator[int]:
+        """Like :func:`range`, with :meth:`iters` progress.
+
+        Parameters
+        ----------
+        *args
+            ``stop`` or ``start, stop[, step]``.
+
+        Returns
+        -------
+        Iterator of int
+            The numbers.
+        """
+        return self.iters(builtins.range(*args))
+
+    def __call__(self, n: int) -> _Hold:
+        """A block that registers ``n`` on entry and closes that registration on exit.
+
+        Parameters
+        ----------
+        n
+            Number of items the block will report.
+
+        Returns
+        -------
+        context manager
+            ``with progress(n): ...``
+        """
+        _check_count("n", n)
+        return _Hold(self, n)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # Names of the original API.
+    tqdm = iters
+    trange = range
+    reset = register
+
+    # ------------------------------------------------------------------ internals
+
+    def _open(self, n: int) -> None:
+        """Start an ``iters``/``range``/``with progress(n)`` block."""
+        if self._on_host():
+            self._apply(_REGISTER, n)
+        else:
+            self.register(n)
+
+    def _release(self) -> None:
+        """End the block started by :meth:`_open`."""
+        if self._on_host():
+            self._apply(_CLOSE, 0)
+        else:
+            self.close()
+
+    def _new_counter(self) -> _Counter:
+        counter = _Counter()
+        with self._send_lock:
+            self._counters.append(counter)
+        return counter
+
+    def _send_pending(self) -> None:
+        # Called with self._send_lock held. Each counter has one writer (a thread or a
+        # generator) that adds to .done and then reads ._scheduled; here ._scheduled is
+        # cleared before .done is read, so an addition is either sent now or schedules a flush.
+        self._scheduled = False
+        n = 0
+        for counter in self._counters:
+            done = counter.done
+            n += done - counter.sent
+            counter.sent = done
+        if n:
+            self._ctx.fire(_UPDATE, n)
+
+    def _on_message(self, kind: int, n: int) -> None:
+        """Apply a message from a task (in the hub's dispatcher thread)."""
+        self._apply(kind, n)
+
+    def _apply(self, kind: int, n: int, *, hold: bool = True) -> None:
+        bar = self._bar
+        with self._lock:
+            if self._finished:
+                self._late += 1
+                if self._late == 1:
+                    logger.warning(
+                        "progress bar %r received a message after it closed; "
+                        "close the bar only after gathering the tasks that update it",
+                        bar.desc,
+                    )
+                return
+            if kind == _UPDATE:
+                bar.update(n)
+            elif kind == _REGISTER:
+                bar.total = (bar.total or 0) + n
+                bar.refresh()
+                if hold:
+                    self._holds += 1
+            else:
+                self._holds = max(0, self._holds - 1)
+                self._finish_if_done()
+
+    def _finish_if_done(self) -> None:
+        # Called with self._lock held.
+        if not self._finished and not self._host_holds and self._holds == 0:
+            self._finished = True
+            self._bar.close()
+
+
+class _Counter:
+    """Updates counted by one thread (or one ``iters`` loop) and how many were sent."""
+
+    __slots__ = ("done", "sent")
+
+    def __init__(self) -> None:
+        self.done = 0
+        self.sent = 0
+
+
+class _Hold:
+    """``with progress(n):`` registers ``n`` on entry and closes the registration on exit."""
+
+    __slots__ = ("_n", "_progress")
+
+    def __init__(self, progress: Progress, n: int) -> None:
+        self._progress = progress
+        self._n = n
+
+    def __enter__(self) -> Progress:
+        self._progress._open(self._n)
+        return self._progress
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._progress._release()
+
+
+def _rebuild_progress(progress_id: str, ctx: EventContext) -> Progress:
+    hosted = _HOSTED.get(progress_id)
+    if hosted is not None:
+        return hosted
+    proxy = Progress.__new__(Progress)
+    proxy._id = progress_id
+    proxy._bar = None
+    proxy._hub = None
+    proxy._init_sending(ctx)
+    return proxy

@@ -1,0 +1,323 @@
+"""One contract, every executor: the behaviour users rely on, run against each backend."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import operator
+import re
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import mepa
+from mepa import AllocationError, ExecutorShutdownError, Worker, WorkerSpecError
+
+from .executors import EXECUTOR_KINDS, make_executor
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture(params=EXECUTOR_KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def executor(kind: str):
+    with make_executor(kind, 2) as ex:
+        yield ex
+
+
+def square(x):
+    return x * x
+
+
+def fail_with(message):
+    raise KeyError(message)
+
+
+def slow_identity(x, delay=0.2):
+    time.sleep(delay)
+    return x
+
+
+def sin_cos(chunk):
+    return np.sin(chunk) ** 2 + np.cos(chunk)
+
+
+def chunk_summary(chunk, scale=1):
+    return {"twice": chunk * 2 * scale, "rows": np.full(len(chunk), len(chunk))}
+
+
+def add_pair(pair, offset=0):
+    a, b = pair
+    return a + b + offset
+
+
+# ---------------------------------------------------------------------------- submit / gather
+
+
+def test_submit_returns_stdlib_future(executor):
+    future = executor.submit(operator.add, 2, 3)
+    assert isinstance(future, concurrent.futures.Future)
+    assert isinstance(future, mepa.TaskFuture)
+    assert future.result(timeout=30) == 5
+
+
+def test_seed_submit_and_gather_dict(executor):
+    futures = {
+        "add": executor.submit(operator.add, 2, 1),
+        "mul": executor.submit(operator.mul, 2, 1),
+        "div": executor.submit(operator.truediv, 2, 1),
+    }
+    assert executor.gather(futures) == {"add": 3, "mul": 2, "div": 2.0}
+
+
+def test_gather_keeps_any_nesting(executor):
+    f = [executor.submit(square, i) for i in range(4)]
+    structure = {"a": f[0], "b": [f[1], (f[2], {"c": f[3]})], "plain": "kept"}
+    assert executor.gather(structure) == {"a": 0, "b": [1, (4, {"c": 9})], "plain": "kept"}
+    assert executor.gather(f[3]) == 9
+    assert executor.gather([]) == []
+
+
+def test_concurrent_futures_wait_and_as_completed(executor):
+    futures = [executor.submit(square, i) for i in range(6)]
+    _, not_done = concurrent.futures.wait(futures, timeout=30)
+    assert not not_done
+    assert sorted(f.result() for f in concurrent.futures.as_completed(futures)) == [
+        i * i for i in range(6)
+    ]
+
+
+def test_future_argument_stands_for_its_result(executor):
+    first = executor.submit(slow_identity, 20, 0.05)
+    second = executor.submit(operator.add, first, 1)
+    nested = executor.submit(sum, [first, second])
+    assert executor.gather([first, second, nested], timeout=30) == [20, 21, 41]
+
+
+def test_failed_dependency_fails_the_dependent(executor):
+    bad = executor.submit(fail_with, "upstream")
+    dependent = executor.submit(operator.add, bad, 1)
+    with pytest.raises(KeyError, match="upstream"):
+        executor.gather(dependent, timeout=30)
+
+
+def test_task_exception_keeps_type_and_says_where(executor):
+    future = executor.submit(fail_with, "boom")
+    with pytest.raises(KeyError, match="boom") as info:
+        executor.gather(future, timeout=30)
+    notes = "\n".join(getattr(info.value, "__notes__", []))
+    assert "raised by a task on" in notes
+
+
+def test_distribute_exception_names_the_chunk(executor):
+    alloc = executor.arrange(np.arange(10))
+
+    def fail_on_second(chunk):
+        if chunk[0] != 0:
+            raise ValueError(f"bad chunk starting at {chunk[0]}")
+        return chunk
+
+    futures = executor.distribute(fail_on_second, alloc)
+    assert futures[0].result(timeout=30) is not None
+    with pytest.raises(ValueError, match="bad chunk starting at 5") as info:
+        executor.gather(futures, timeout=30)
+    assert "chunk 1" in "\n".join(info.value.__notes__)
+
+
+def test_gather_timeout(executor, kind):
+    if kind == "linear":
+        pytest.skip("the linear executor runs each task inside submit")
+    future = executor.submit(slow_identity, 1, 2.0)
+    with pytest.raises(TimeoutError):
+        executor.gather(future, timeout=0.05)
+    assert executor.gather(future, timeout=30) == 1
+
+
+def test_gather_progress_bar_counts_tasks(executor, capsys):
+    futures = [executor.submit(square, i) for i in range(5)]
+    import io
+
+    stream = io.StringIO()
+    assert executor.gather(futures, progress={"file": stream, "mininterval": 0}) == [
+        0, 1, 4, 9, 16
+    ]
+    assert "5/5" in stream.getvalue()
+
+
+# ---------------------------------------------------------------------------- map
+
+
+def test_map_in_order(executor):
+    assert executor.map(square, range(50)) == [i * i for i in range(50)]
+    assert executor.map(operator.add, range(5), range(10, 15), chunksize=2) == [
+        10, 12, 14, 16, 18
+    ]
+    assert executor.map(square, []) == []
+
+
+def test_starmap_in_order(executor):
+    assert executor.starmap(operator.mul, [(i, 2) for i in range(7)], chunksize=3) == [
+        2 * i for i in range(7)
+    ]
+
+
+def test_map_async_batches(executor):
+    futures = executor.map_async(square, range(10), chunksize=4)
+    assert len(futures) == 3
+    assert [r for batch in executor.gather(futures) for r in batch] == [i * i for i in range(10)]
+
+
+@pytest.mark.parametrize("chunksize", [0, -1, 1.5, True])
+def test_map_rejects_bad_chunksize(executor, chunksize):
+    with pytest.raises(ValueError, match="chunksize must be a positive int"):
+        executor.map(square, range(3), chunksize=chunksize)
+
+
+# ---------------------------------------------------------------------------- distribute
+
+
+@pytest.mark.parametrize("shuffle", [False, True, 7])
+def test_arrange_distribute_reassemble(executor, shuffle):
+    data = np.linspace(-3, 3, 1001)
+    alloc = executor.arrange(data, shuffle=shuffle)
+    assert len(alloc) == executor.get_n_workers()
+    futures = executor.distribute(sin_cos, alloc)
+    assert len(futures) == executor.get_n_workers()
+    np.testing.assert_allclose(alloc.reassemble(executor.gather(futures)), sin_cos(data))
+
+
+def test_distribute_structured_results_and_kwargs(executor):
+    data = np.arange(11.0)
+    alloc = executor.arrange(data, shuffle=True)
+    result = alloc.reassemble(executor.distribute_and_gather(chunk_summary, alloc, scale=3))
+    np.testing.assert_array_equal(result["twice"], data * 6)
+    assert set(result) == {"twice", "rows"}
+
+
+def test_distribute_finds_allocations_inside_containers(executor):
+    a = np.arange(9)
+    b = np.arange(100, 109)
+    alloc_a = executor.arrange(a)
+    alloc_b = executor.arrange(b)
+    futures = executor.distribute(add_pair, (alloc_a, alloc_b), offset=1)
+    np.testing.assert_array_equal(alloc_a.reassemble(executor.gather(futures)), a + b + 1)
+
+
+def test_distribute_arrange_many(executor):
+    a, b = np.arange(12), np.arange(12) * 10
+    alloc = executor.arrange_many(a, b, shuffle=True)
+    futures = executor.distribute(add_pair, alloc)
+    np.testing.assert_array_equal(alloc.reassemble(executor.gather(futures)), a + b)
+
+
+def test_distribute_rejects_foreign_allocation(executor):
+    alloc = mepa.arrange(np.arange(10), weights=3)
+    with pytest.raises(AllocationError, match="has 2 workers, got an allocation of 3"):
+        executor.distribute(sin_cos, alloc)
+
+
+def test_distribute_without_allocation_runs_once_per_worker(executor):
+    assert executor.distribute_and_gather(operator.add, 1, 2) == [3, 3]
+
+
+# ---------------------------------------------------------------------------- workers
+
+
+def test_workers_and_weights(executor, kind):
+    workers = executor.workers
+    assert executor.get_workers() == workers
+    assert executor.get_n_workers() == 2
+    assert executor.get_total_weights() == 2.0
+    assert all(isinstance(w, Worker) for w in workers)
+    assert [w.index for w in workers] == [0, 1]
+    assert executor.is_local()
+
+
+def test_extract_by_name(executor):
+    first = executor.workers[0].name
+    for pattern in (first, re.compile(re.escape(first) + "$"), lambda w: w.name == first):
+        sub = executor.extract_by_name(pattern)
+        assert [w.name for w in sub.workers] == [first]
+        alloc = sub.arrange(np.arange(5))
+        assert len(alloc) == 1
+        assert sub.gather(sub.distribute(square, alloc))[0].tolist() == [0, 1, 4, 9, 16]
+        sub.shutdown()
+    # the parent still runs after its sub-executor shut down
+    assert executor.submit_and_gather(square, 3) == 9
+    with pytest.raises(WorkerSpecError, match="matches none of the workers"):
+        executor.extract_by_name("no-such-worker")
+
+
+def test_submit_to_pins_and_validates(executor):
+    worker = executor.workers[1]
+    future = executor.submit_to(worker.name, square, 4)
+    assert future.worker == worker
+    assert future.result(timeout=30) == 16
+    with pytest.raises(WorkerSpecError, match="one of this executor's workers"):
+        executor.submit_to("elsewhere-9", square, 1)
+
+
+def test_create_shared_array_is_written_in_place(executor):
+    out = executor.create_shared_array((10,), np.float64)
+    out[:] = 0
+
+    def fill(target, start, stop):
+        target[start:stop] = np.arange(start, stop)
+
+    executor.gather([executor.submit(fill, out, 0, 5), executor.submit(fill, out, 5, 10)])
+    np.testing.assert_array_equal(out, np.arange(10.0))
+
+
+# ---------------------------------------------------------------------------- lifecycle
+
+
+def test_shutdown_is_idempotent_and_final(kind):
+    ex = make_executor(kind, 2)
+    assert ex.submit_and_gather(square, 2) == 4
+    ex.shutdown()
+    ex.shutdown()
+    with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
+        ex.submit(square, 1)
+    with pytest.raises(ExecutorShutdownError):
+        ex.map(square, [1])
+
+
+def test_shutdown_waits_for_running_tasks(kind):
+    with make_executor(kind, 2) as ex:
+        futures = [ex.submit(slow_identity, i, 0.1) for i in range(3)]
+    assert all(f.done() for f in futures)
+    assert [f.result() for f in futures] == [0, 1, 2]
+
+
+def test_bad_construction():
+    with pytest.raises(WorkerSpecError, match="n_workers must be a positive int"):
+        mepa.ThreadExecutor(0)
+    with pytest.raises(WorkerSpecError, match="n_workers must be a positive int"):
+        mepa.LinearExecutor(-2)
+
+
+def test_submit_rejects_non_callable(executor):
+    with pytest.raises(TypeError, match="fn must be callable"):
+        executor.submit(42)
+
+
+def test_thread_safety_of_submit(executor):
+    results = []
+    lock = threading.Lock()
+
+    def client(offset):
+        values = executor.gather([executor.submit(square, offset + i) for i in range(10)])
+        with lock:
+            results.extend(values)
+
+    threads = [threading.Thread(target=client, args=(k * 10,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(results) == sorted(i * i for i in range(30))

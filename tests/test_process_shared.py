@@ -1,0 +1,160 @@
+"""Big arrays and the process executor: shared memory in, shared memory out, no copies lost."""
+
+from __future__ import annotations
+
+import mmap
+
+import numpy as np
+import pytest
+
+import mepa
+
+pytestmark = pytest.mark.timeout(120)
+
+BIG = 600_000  # 4.8 MB of float64: above the 1 MiB threshold
+
+
+@pytest.fixture
+def executor():
+    with mepa.ProcessExecutor(2) as ex:
+        yield ex
+
+
+def base_chain(array):
+    kinds = []
+    while array is not None:
+        kinds.append(type(array).__name__)
+        array = array.obj if isinstance(array, memoryview) else getattr(array, "base", None)
+    return kinds
+
+
+def describe_input(chunk):
+    return {"owndata": bool(chunk.flags.owndata), "bases": base_chain(chunk), "sum": chunk.sum()}
+
+
+def trig(chunk):
+    return np.sin(chunk) ** 2 + np.cos(chunk)
+
+
+def as_float32(chunk):
+    return chunk.astype(np.float32)
+
+
+def mean_only(chunk):
+    return np.array([chunk.mean()])
+
+
+def test_big_chunks_arrive_as_views_of_shared_memory(executor):
+    data = np.arange(BIG, dtype=np.float64)
+    alloc = executor.arrange(data)
+    info = executor.distribute_and_gather(describe_input, alloc)
+    for i, item in enumerate(info):
+        assert not item["owndata"]
+        assert "mmap" in item["bases"], item["bases"]
+        assert item["sum"] == alloc[i].sum()
+
+
+def test_small_arrays_are_pickled(executor):
+    data = np.arange(100, dtype=np.float64)
+    info = executor.submit_and_gather(describe_input, data)
+    assert "mmap" not in info["bases"]
+
+
+@pytest.mark.parametrize("shuffle", [False, True, np.random.default_rng(3).permutation(BIG)])
+def test_big_pipeline_is_exact(executor, shuffle):
+    data = np.linspace(0, 50, BIG)
+    alloc = executor.arrange(data, shuffle=shuffle)
+    result = alloc.reassemble(executor.gather(executor.distribute(trig, alloc)))
+    np.testing.assert_array_equal(result, trig(data))
+
+
+def test_unshuffled_results_come_back_without_a_copy(executor):
+    data = np.linspace(0, 50, BIG)
+    alloc = executor.arrange(data)
+    results = executor.gather(executor.distribute(trig, alloc))
+    assert "mmap" in base_chain(results[0])
+    result = alloc.reassemble(results)
+    assert np.shares_memory(result, results[0])
+    assert np.shares_memory(result, results[1])
+    np.testing.assert_array_equal(result, trig(data))
+
+
+def test_results_of_another_shape_or_dtype(executor):
+    data = np.linspace(0, 1, BIG)
+    alloc = executor.arrange(data, shuffle=True)
+    halves = alloc.reassemble(executor.gather(executor.distribute(as_float32, alloc)))
+    assert halves.dtype == np.float32
+    np.testing.assert_array_equal(halves, data.astype(np.float32))
+    means = alloc.reassemble(
+        executor.gather(executor.distribute(mean_only, alloc)), reverse_shuffle=False
+    )
+    assert means.shape == (2,)
+
+
+def test_arrange_many_big(executor):
+    a = np.arange(BIG, dtype=np.float64)
+    b = np.ones(BIG)
+    alloc = executor.arrange_many(a, b, shuffle=True)
+    result = alloc.reassemble(executor.gather(executor.distribute(lambda p: p[0] + p[1], alloc)))
+    np.testing.assert_array_equal(result, a + 1)
+
+
+def test_scatter_then_many_tasks_share_one_copy(executor):
+    data = np.arange(BIG, dtype=np.float64)
+    shared = executor.scatter(data)
+    assert isinstance(shared, np.ndarray)
+    np.testing.assert_array_equal(shared, data)
+    infos = executor.gather([executor.submit(describe_input, shared) for _ in range(4)])
+    assert all("mmap" in item["bases"] for item in infos)
+    assert {item["sum"] for item in infos} == {data.sum()}
+
+
+def test_shared_array_written_in_place_by_distribute(executor):
+    out = executor.create_shared_array((BIG,), np.float64)
+    alloc = executor.arrange(np.arange(BIG, dtype=np.float64))
+
+    def fill(chunk, target):
+        target[int(chunk[0]) : int(chunk[-1]) + 1] = chunk * 2
+
+    executor.gather(executor.distribute(fill, alloc, out))
+    np.testing.assert_array_equal(out, np.arange(BIG) * 2.0)
+
+
+def test_segments_are_reused_between_calls(executor):
+    data = np.linspace(0, 1, BIG)
+    alloc = executor.arrange(data)
+    for _ in range(3):
+        del _
+        result = alloc.reassemble(executor.gather(executor.distribute(trig, alloc)))
+        del result
+    pool = executor._segments
+    assert pool is not None
+    # source + output, and one spare output while the previous result was alive
+    assert pool.segments_created <= 4
+
+
+def test_big_result_from_plain_submit(executor):
+    result = executor.submit_and_gather(np.ones, BIG)
+    assert result.shape == (BIG,)
+    assert result.sum() == BIG
+
+
+def test_threshold_none_pickles_everything():
+    with mepa.ProcessExecutor(2, shared_memory_threshold=None) as ex:
+        data = np.arange(BIG, dtype=np.float64)
+        info = ex.distribute_and_gather(describe_input, ex.arrange(data))
+        assert all("mmap" not in item["bases"] for item in info)
+
+
+def test_bad_threshold():
+    with pytest.raises(ValueError, match="shared_memory_threshold must be"):
+        mepa.ProcessExecutor(2, shared_memory_threshold=-1)
+
+
+def test_mmap_module_is_what_backs_views():
+    # guards the assertion style above: a view of an mmap names it in its base chain
+    m = mmap.mmap(-1, 64)
+    view = np.frombuffer(m, np.uint8)
+    assert "mmap" in base_chain(view)
+    del view
+    m.close()
