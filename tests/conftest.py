@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Iterator
 
@@ -21,17 +22,38 @@ settings.load_profile("ci" if os.environ.get("CI") else "default")
 SHM_DIR = "/dev/shm"
 
 
-def mepa_segments() -> set[str]:
-    """Names of mepa's shared-memory segments that exist now."""
+def _owner_alive(name: str) -> bool:
+    """Whether the host process named in ``mepa-<pid>-...`` still runs (and is not us)."""
     try:
-        return {name for name in os.listdir(SHM_DIR) if name.startswith("mepa")}
+        pid = int(name.split("-")[1])
+    except (IndexError, ValueError):
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover
+        return True
+    return True
+
+
+def mepa_segments() -> set[str]:
+    """mepa's shared-memory segments made by this process or by processes that have ended.
+
+    Segments of other live processes (another run on the same machine) are not ours to judge.
+    """
+    try:
+        names = [name for name in os.listdir(SHM_DIR) if name.startswith("mepa")]
     except FileNotFoundError:  # pragma: no cover - not Linux
         return set()
+    return {name for name in names if not _owner_alive(name)}
 
 
 @pytest.fixture(autouse=True)
 def no_leaked_segments() -> Iterator[None]:
-    """Every test leaves /dev/shm as it found it (mepa's segments)."""
+    """Every test leaves /dev/shm as it found it (mepa's segments, also of its subprocesses)."""
     before = mepa_segments()
     yield
     deadline = time.monotonic() + 5.0
@@ -60,6 +82,9 @@ def _worker_processes() -> list[object]:
 def no_leaked_processes() -> Iterator[None]:
     """After the suite, loky's shared pool is stopped and no child process is left."""
     yield
+    dask_cluster = sys.modules.get("tests.dask_cluster")
+    if dask_cluster is not None:
+        dask_cluster.stop_shared_clusters()
     from mepa._executors._process import shutdown_worker_pools
 
     shutdown_worker_pools()

@@ -1,0 +1,182 @@
+"""Scenario ``demo``: the computations of ``mepa._demo``, against joblib doing the same.
+
+``mepa._demo`` does not exist yet. Each :class:`DemoCase` below names a function of that module
+and gives the same computation serially and with joblib. While the module (or a function) is
+missing, the mepa variant is skipped with a note and the serial and joblib variants still run.
+
+Wiring a new demo function
+--------------------------
+Add a :class:`DemoCase` to :data:`CASES`: ``mepa_call(demo_module, executor, params)`` calls
+the demo function (adapt to its real signature), ``serial(params)`` and
+``joblib_call(parallel, params)`` compute the same result; ``same(a, b)`` compares results.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .._harness import Group, Prepared, RunConfig, Scenario, ScenarioPlan, Variant
+from . import _common as c
+
+__all__ = ["CASES", "DEMO", "DemoCase", "pi_chunk"]
+
+DEMO_MODULE = "mepa._demo"
+
+
+def pi_chunk(seed: int, n: int) -> int:
+    """Points of ``n`` uniform samples in the unit square that fall in the quarter disc."""
+    xy = np.random.default_rng(seed).random((n, 2))
+    return int(np.count_nonzero((xy**2).sum(axis=1) <= 1.0))
+
+
+def _pi_serial(p: dict[str, int]) -> float:
+    hits = sum(pi_chunk(s, p["per_chunk"]) for s in range(p["chunks"]))
+    return 4.0 * hits / (p["chunks"] * p["per_chunk"])
+
+
+def _pi_joblib(parallel: Any, p: dict[str, int]) -> float:
+    from joblib import delayed
+
+    hits: int = sum(parallel(delayed(pi_chunk)(s, p["per_chunk"]) for s in range(p["chunks"])))
+    return 4.0 * hits / (p["chunks"] * p["per_chunk"])
+
+
+def _pi_mepa(demo: Any, ex: Any, p: dict[str, int]) -> float:
+    # WIRE HERE: adapt to the real signature of the demo function once it exists.
+    return float(demo.estimate_pi(p["chunks"] * p["per_chunk"], executor=ex))
+
+
+@dataclass(frozen=True)
+class DemoCase:
+    """One demo computation, in its mepa, serial and joblib forms.
+
+    Parameters
+    ----------
+    name
+        Variant name prefix.
+    function
+        Name of the function in ``mepa._demo``.
+    params
+        ``params(config)`` gives the sizes (quick or full).
+    serial, joblib_call, mepa_call
+        The three implementations.
+    same
+        Whether two results agree (Monte Carlo results may differ by seed handling).
+    """
+
+    name: str
+    function: str
+    params: Callable[[RunConfig], dict[str, int]]
+    serial: Callable[[dict[str, int]], object]
+    joblib_call: Callable[[Any, dict[str, int]], object]
+    mepa_call: Callable[[Any, Any, dict[str, int]], object]
+    same: Callable[[object, object], bool]
+
+
+CASES: tuple[DemoCase, ...] = (
+    DemoCase(
+        name="pi",
+        function="estimate_pi",
+        params=lambda cfg: {"chunks": 16, "per_chunk": cfg.size(2_000_000, 20_000)},
+        serial=_pi_serial,
+        joblib_call=_pi_joblib,
+        mepa_call=_pi_mepa,
+        same=lambda a, b: abs(float(a) - float(b)) < 0.05,  # type: ignore[arg-type]
+    ),
+)
+
+
+def _demo_module() -> tuple[Any, str | None]:
+    try:
+        return importlib.import_module(DEMO_MODULE), None
+    except ImportError as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def _build(config: RunConfig, resources: c.Resources) -> ScenarioPlan:
+    w = config.workers
+    demo, error = _demo_module()
+    notes = []
+    if demo is None:
+        notes.append(f"{DEMO_MODULE} not importable, mepa variants skipped ({error})")
+    groups = []
+    params: dict[str, object] = {"workers": w}
+    for case in CASES:
+        p = case.params(config)
+        params[case.name] = p
+        reference: dict[str, object] = {}
+
+        def check(
+            out: object,
+            case: DemoCase = case,
+            p: dict[str, int] = p,
+            reference: dict[str, object] = reference,
+        ) -> None:
+            if "value" not in reference:
+                reference["value"] = case.serial(p)
+            if not case.same(out, reference["value"]):
+                raise AssertionError(f"result {out!r} differs from serial {reference['value']!r}")
+
+        def serial(
+            stack: contextlib.ExitStack, case: DemoCase = case, p: dict[str, int] = p
+        ) -> Prepared:
+            return Prepared(call=lambda: case.serial(p), check=check)
+
+        def joblib(
+            stack: contextlib.ExitStack, case: DemoCase = case, p: dict[str, int] = p
+        ) -> Prepared:
+            par = c.joblib_parallel(stack, w)
+            return Prepared(call=lambda: case.joblib_call(par, p), check=check)
+
+        def mepa(
+            stack: contextlib.ExitStack, case: DemoCase = case, p: dict[str, int] = p
+        ) -> Prepared:
+            fn = getattr(demo, case.function)  # AttributeError: recorded as a failure
+            del fn
+            ex = c.mepa_executor(stack, "process", w)
+            return Prepared(call=lambda: case.mepa_call(demo, ex, p), check=check)
+
+        # A missing demo module skips the mepa variant (through ``requires``) with a note.
+        variants = (
+            Variant(f"{case.name}-serial", "serial", serial, "NumPy, one chunk after another"),
+            Variant(
+                f"{case.name}-mepa",
+                "mepa",
+                mepa,
+                f"{DEMO_MODULE}.{case.function} on ProcessExecutor({w})",
+                requires=(DEMO_MODULE,),
+            ),
+            Variant(
+                f"{case.name}-joblib",
+                "competitor",
+                joblib,
+                f"joblib Parallel(n_jobs={w}), same chunks",
+                requires=("joblib",),
+            ),
+        )
+        groups.append(
+            Group(
+                name=case.name,
+                timed="the whole computation; executor or Parallel created before timing",
+                baseline=f"{case.name}-serial",
+                variants=variants,
+            )
+        )
+    return ScenarioPlan(params=params, groups=groups, notes=notes)
+
+
+DEMO = Scenario(
+    name="demo",
+    title="Demo computations (mepa._demo) against joblib",
+    description=(
+        "Placeholder until mepa._demo exists: runs each demo function if importable, and the "
+        "same computation serially and with joblib."
+    ),
+    build=_build,
+)

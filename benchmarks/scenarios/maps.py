@@ -1,0 +1,218 @@
+"""Scenarios ``cpu_map`` and ``memory_map``: one array function over 2 workers, 7 ways.
+
+mepa's path is the one a user writes::
+
+    alloc = ex.arrange(x, shuffle=False)     # split x into one chunk per worker
+    futs = ex.distribute(fn, alloc)          # fn(chunk) on each worker
+    y = alloc.reassemble(ex.gather(futs))    # back to one array, original order
+
+Competitors split with ``np.array_split`` and join with ``np.concatenate``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .._harness import Group, Prepared, RunConfig, Scenario, ScenarioPlan, Variant
+from .._stats import Target
+from . import _common as c
+from . import _kernels as k
+
+__all__ = ["CPU_MAP", "MEMORY_MAP", "map_variants"]
+
+Kernel = Callable[[k.FloatArray], k.FloatArray]
+
+TIMED = (
+    "one full pass over x: split, send chunks, compute, collect, join into one array in "
+    "original order (mepa: arrange + distribute + gather + reassemble). Pools, the Dask "
+    "cluster and x itself are created before timing."
+)
+
+
+def map_variants(
+    x: k.FloatArray, kernel: Kernel, config: RunConfig, resources: c.Resources
+) -> tuple[Variant, ...]:
+    """The 7 variants of a map of ``kernel`` over ``x``.
+
+    Parameters
+    ----------
+    x
+        Input, created before timing.
+    kernel
+        A module-level function of :mod:`._kernels`, so every pool pickles it by reference.
+    config
+        Worker count.
+    resources
+        Holds the shared Dask cluster.
+    """
+    w = config.workers
+    expected: dict[str, np.ndarray] = {}
+
+    def _expected() -> np.ndarray:
+        if "y" not in expected:
+            expected["y"] = kernel(x)
+        return expected["y"]
+
+    check = c.allclose_check(_expected)
+    items = range(c.probe_count(w))
+
+    def serial(stack: contextlib.ExitStack) -> Prepared:
+        return Prepared(call=lambda: kernel(x), check=check)
+
+    def mepa(kind: str) -> Callable[[contextlib.ExitStack], Prepared]:
+        def setup(stack: contextlib.ExitStack) -> Prepared:
+            ex = c.mepa_executor(stack, kind, w)
+
+            def run() -> Any:
+                alloc = ex.arrange(x, shuffle=False)
+                futs = ex.distribute(kernel, alloc)
+                return alloc.reassemble(ex.gather(futs))
+
+            pids = c.mepa_pids(ex, w) if kind == "process" else None
+            return Prepared(call=run, check=check, pids=pids)
+
+        return setup
+
+    def loky(stack: contextlib.ExitStack) -> Prepared:
+        ex = c.loky_executor(stack, w)
+
+        def run() -> np.ndarray:
+            return np.concatenate(list(ex.map(kernel, np.array_split(x, w))))
+
+        return Prepared(call=run, check=check, pids=lambda: list(ex.map(k.slow_getpid, items)))
+
+    def joblib(stack: contextlib.ExitStack) -> Prepared:
+        from joblib import delayed
+
+        par = c.joblib_parallel(stack, w)
+
+        def run() -> np.ndarray:
+            return np.concatenate(par(delayed(kernel)(ch) for ch in np.array_split(x, w)))
+
+        return Prepared(
+            call=run,
+            check=check,
+            pids=lambda: par(delayed(k.slow_getpid)(i) for i in items),
+        )
+
+    def dask(stack: contextlib.ExitStack) -> Prepared:
+        import dask.array as da
+
+        client = resources.dask_client(w)
+        chunk = math.ceil(x.size / w)
+
+        def run() -> np.ndarray:
+            with warnings.catch_warnings():
+                # "Sending large graph": x travels inside the graph, which is what is measured.
+                warnings.simplefilter("ignore", UserWarning)
+                arr = da.from_array(x, chunks=chunk).map_blocks(kernel, dtype=x.dtype)
+                return client.compute(arr, sync=True)  # type: ignore[no-any-return]
+
+        return Prepared(call=run, check=check, pids=c.dask_pids(client))
+
+    def mpire(stack: contextlib.ExitStack) -> Prepared:
+        pool = c.mpire_pool(stack, w)
+
+        def run() -> np.ndarray:
+            args = [(ch,) for ch in np.array_split(x, w)]
+            return np.concatenate(pool.map(kernel, args, concatenate_numpy_output=False))
+
+        return Prepared(call=run, check=check, pids=lambda: pool.map(k.slow_getpid, items))
+
+    return (
+        Variant("serial", "serial", serial, "NumPy on one core"),
+        Variant("mepa-process", "mepa", mepa("process"), f"mepa ProcessExecutor({w})"),
+        Variant("mepa-thread", "mepa", mepa("thread"), f"mepa ThreadExecutor({w})"),
+        Variant(
+            "loky",
+            "competitor",
+            loky,
+            f"loky.get_reusable_executor({w}).map over np.array_split chunks (pickled)",
+            requires=("loky",),
+        ),
+        Variant(
+            "joblib",
+            "competitor",
+            joblib,
+            f"joblib Parallel(n_jobs={w}) over chunks (default auto-memmapping)",
+            requires=("joblib",),
+        ),
+        Variant(
+            "dask",
+            "competitor",
+            dask,
+            f"dask.array from_array(chunks=n/{w}).map_blocks, {w}-process LocalCluster",
+            requires=("dask.array", "distributed"),
+        ),
+        Variant(
+            "mpire",
+            "competitor",
+            mpire,
+            f"mpire WorkerPool({w}, keep_alive).map over chunks",
+            requires=("mpire",),
+        ),
+    )
+
+
+def _build(
+    kernel: Kernel, full: int, quick: int, targets: list[Target]
+) -> Callable[[RunConfig, c.Resources], ScenarioPlan]:
+    def build(config: RunConfig, resources: c.Resources) -> ScenarioPlan:
+        n = config.size(full, quick)
+        x = np.random.default_rng(0).uniform(0.0, 10.0, n)
+        group = Group(
+            name="map",
+            timed=TIMED,
+            variants=map_variants(x, kernel, config, resources),
+            baseline="serial",
+        )
+        return ScenarioPlan(
+            params={"n": n, "dtype": "float64", "bytes": int(x.nbytes), "workers": config.workers},
+            groups=[group],
+            targets=targets,
+        )
+
+    return build
+
+
+CPU_MAP = Scenario(
+    name="cpu_map",
+    title="CPU-bound map: y = sin(x)**2 + cos(x)",
+    description=(
+        "Compute-bound elementwise function of 20M float64 (quick: 200k). Parallelism should "
+        "win despite moving the data."
+    ),
+    build=_build(
+        k.cpu_kernel,
+        20_000_000,
+        200_000,
+        [
+            Target("process >= 1.8x serial", "speedup", "mepa-process", 1.8, reference="serial"),
+            Target("thread >= 1.8x serial", "speedup", "mepa-thread", 1.8, reference="serial"),
+        ],
+    ),
+)
+
+MEMORY_MAP = Scenario(
+    name="memory_map",
+    title="Memory-bound map: y = x + 1",
+    description=(
+        "Memory-bound elementwise function of 20M float64 (quick: 200k). Processes pay for "
+        "moving the data; threads share it."
+    ),
+    build=_build(
+        k.memory_kernel,
+        20_000_000,
+        200_000,
+        [
+            Target("process >= 0.5x serial", "speedup", "mepa-process", 0.5, reference="serial"),
+            Target("thread >= 1.4x serial", "speedup", "mepa-thread", 1.4, reference="serial"),
+        ],
+    ),
+)

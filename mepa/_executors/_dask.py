@@ -1,0 +1,693 @@
+"""Tasks on a Dask cluster: an existing scheduler, a client, or an embedded ``LocalCluster``.
+
+::
+
+    host                                  scheduler                      Dask worker
+    ────                                  ─────────                      ───────────
+    submit(fn, *args)
+      user's modules by value ─┐
+      futures ─▶ Slot(i)       ├─▶ payload bytes
+      big arrays ─▶ scatter ───┘
+      client.submit(run_shipped, payload, *dask_futures,
+                    workers=[address], allow_other_workers=True)  (when pinned)
+                                          unpickles run_shipped + bytes
+                                                                     run_shipped → run_task(fn)
+                                                                     ctx.fire ─▶ BatchSender
+                                          ◀── worker.log_event(topic, batch bytes)
+      client.subscribe_topic(topic) ◀──────── event
+        └─ hub.deliver_bytes ─▶ dispatcher thread ─▶ callbacks, progress bars
+      Dask future done ─▶ stdlib future (after the task's events are dispatched)
+
+The Dask side of mepa is a thin adapter: the base :class:`~mepa.Executor` does ``map``
+batching, ``distribute``, ``gather``, events and progress; this module turns a call into a Dask
+task, a Dask future into a :class:`concurrent.futures.Future`, and worker events into
+``log_event`` messages. Code shipping lives in :mod:`mepa._dask_shipping`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import ipaddress
+import logging
+import os
+import re
+import socket
+import threading
+import traceback
+import uuid
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+import distributed
+import numpy as np
+
+from .._dask_shipping import LocalModules, Slot, dumps_shipped, run_shipped
+from .._errors import SerializationError, WorkerCrashedError, WorkerSpecError
+from .._events import Channel, EventHub, Transport
+from .._tree import iter_leaves, tree_map
+from .._worker import Worker, physical_cores
+from ._base import DistributePlan, Executor
+from ._futures import TaskFuture
+
+if TYPE_CHECKING:
+    from distributed.security import Security
+
+__all__ = ["DaskChannel", "DaskExecutor", "RemoteTraceback"]
+
+R = TypeVar("R")
+
+logger = logging.getLogger("mepa.dask")
+
+SCATTER_BYTES = 1 << 20
+"""Arrays (and distribute chunks) at least this big are scattered to the cluster instead of
+travelling inside the task through the scheduler."""
+
+_CLIENT: Any = distributed.Client  # distributed's annotations are partial
+
+_PROTOCOL = re.compile(r"^[a-z][a-z0-9+.-]*://")
+
+
+class DaskExecutor(Executor):
+    """Runs tasks on the workers of a Dask cluster.
+
+    Parameters
+    ----------
+    address
+        ``"tcp://host:port"`` or ``"tls://host:port"`` of a running scheduler; an existing
+        :class:`distributed.Client` (left open by :meth:`shutdown`); or ``None`` to start an
+        embedded :class:`distributed.LocalCluster` of worker processes on 127.0.0.1, without
+        dashboard, owned and closed by the executor.
+    n_workers, threads_per_worker
+        Size of the embedded cluster (default: one single-thread worker per physical core).
+        Only with ``address=None``.
+    security
+        A :class:`distributed.security.Security` for TLS, e.g. ``Security.temporary()`` for an
+        embedded cluster, or one built from certificate files for a ``tls://`` scheduler.
+    upload_modules
+        Ship the user's own modules with every task (see Notes). ``False`` sends tasks with
+        plain cloudpickle: functions must then be importable on the scheduler and workers.
+    extra_paths
+        More directories whose modules are shipped, besides the working directory.
+    excludes
+        Module names never shipped (a name covers its submodules), e.g. a package that is
+        installed on the cluster but imported from a checkout on the host.
+    timeout
+        Seconds to wait for the connection and for a first worker.
+
+    Notes
+    -----
+    *Workers.* The executor's workers are the cluster's when it starts (and after
+    :meth:`refresh_workers`), in a stable order, each weighted by its number of threads: a
+    4-thread worker gets twice the rows of a 2-thread one. A worker named with an integer ``n``
+    (``LocalCluster``) becomes ``dask-n``; a name like ``gpu-3`` is kept; a worker named by its
+    address becomes ``{host}-{k}``, numbered per host. Pinned tasks (:meth:`submit_to`,
+    :meth:`distribute`) ask for their worker with ``allow_other_workers=True``, so a task never
+    hangs on a worker that left.
+
+    *Code shipping.* Modules imported from the working directory or ``extra_paths`` (never the
+    standard library, ``site-packages``, a virtual environment or mepa) are pickled by value
+    into every task, which Dask sees as a mepa function and a ``bytes`` payload. The scheduler
+    thus needs only mepa, workers that join later get the code with their first task, and edits
+    between runs are picked up. Limits: classes sent by value are rebuilt on the worker (results
+    come back as the host's class, but ``isinstance`` on the worker against a class imported
+    there differently is false); module-level state is sent as it was at submit time and a
+    task's changes to it stay on its worker; extension modules of the project cannot be
+    shipped; futures nested inside arbitrary objects (not lists, tuples or dicts) are not
+    resolved by Dask. Arguments travel through the scheduler inside the payload: NumPy arrays
+    of at least :data:`SCATTER_BYTES` are scattered automatically, other big data should go
+    through :meth:`scatter`.
+
+    *Events.* Workers send batches of events with ``Worker.log_event`` on a topic of their own;
+    the executor subscribes with ``Client.subscribe_topic`` and hands each batch to the hub's
+    dispatcher thread (callbacks never run on the client's event loop). Every event a task fired
+    before it returned is dispatched before its future completes. The scheduler keeps the last
+    batches of each topic (``distributed.admin.low-level-log-length``), so fire small messages.
+
+    *Memory.* Workers do not share the host's memory: :meth:`shares_memory` is ``False`` and
+    :meth:`create_shared_array` raises; return results from tasks instead.
+
+    Examples
+    --------
+    >>> with DaskExecutor("tcp://127.0.0.1:8786") as executor:  # doctest: +SKIP
+    ...     executor.submit_and_gather(pow, 2, 10)
+    1024
+    """
+
+    def __init__(
+        self,
+        address: str | distributed.Client | None = None,
+        *,
+        n_workers: int | None = None,
+        threads_per_worker: int | None = None,
+        security: Security | None = None,
+        upload_modules: bool = True,
+        extra_paths: Iterable[str | os.PathLike[str]] = (),
+        excludes: Iterable[str] = (),
+        timeout: float = 30.0,
+    ) -> None:
+        self._cluster: distributed.LocalCluster | None = None
+        self._owns_client = True
+        client: Any  # distributed's annotations are partial: keep the client loose
+        if isinstance(address, distributed.Client):
+            if security is not None or n_workers is not None or threads_per_worker is not None:
+                raise TypeError(
+                    "security, n_workers and threads_per_worker do not apply to an existing "
+                    "Client; configure the Client (or the cluster) itself"
+                )
+            client = address
+            self._owns_client = False
+        elif isinstance(address, str):
+            if n_workers is not None or threads_per_worker is not None:
+                raise TypeError(
+                    "n_workers and threads_per_worker only size the embedded cluster "
+                    f"(address=None), got address={address!r}; size a running cluster with "
+                    "its own dask worker commands"
+                )
+            if not address:
+                raise ValueError(
+                    "address must be 'tcp://host:port' or 'tls://host:port', got ''; "
+                    "pass None to start an embedded cluster"
+                )
+            client = _CLIENT(address, security=security, timeout=timeout, set_as_default=False)
+        elif address is None:
+            self._cluster = _start_local_cluster(n_workers, threads_per_worker, security)
+            try:
+                client = _CLIENT(
+                    self._cluster, security=security, timeout=timeout, set_as_default=False
+                )
+            except BaseException:
+                self._cluster.close()
+                raise
+        else:
+            raise TypeError(
+                "address must be a scheduler address such as 'tcp://host:port', a "
+                f"distributed.Client or None, got {type(address).__name__}: {address!r}"
+            )
+        self._client: Any = client
+        try:
+            if not self._client.scheduler_info(n_workers=-1).get("workers"):
+                self._client.wait_for_workers(1, timeout=timeout)
+            self._scheduler_address = str(self._client.scheduler.address)
+            workers, self._addresses, self._hosts = _read_workers(self._client)
+            super().__init__(workers)
+        except BaseException:
+            self._close_owned()
+            raise
+        self._modules = LocalModules(extra_paths, excludes) if upload_modules else None
+        self._dask_futures: weakref.WeakKeyDictionary[TaskFuture[Any], Any] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._dask_lock = threading.Lock()
+        self._topics: list[str] = []
+
+    # ------------------------------------------------------------------ cluster
+
+    @property
+    def client(self) -> distributed.Client:
+        """The :class:`distributed.Client` tasks go through."""
+        return cast("distributed.Client", self._client)
+
+    @property
+    def cluster(self) -> distributed.LocalCluster | None:
+        """The embedded cluster the executor owns, or ``None`` when connected to another."""
+        return self._cluster
+
+    def worker_address(self, worker: Worker | str) -> str:
+        """The Dask address of one of this executor's workers (a :class:`Worker` or its name)."""
+        return self._addresses[self._resolve_worker(worker).name]
+
+    def refresh_workers(self) -> tuple[Worker, ...]:
+        """Read the cluster's workers again (after workers joined or left).
+
+        Allocations arranged before no longer match if the workers changed; arrange again.
+        Sub-executors made earlier keep their workers.
+
+        Returns
+        -------
+        tuple of Worker
+            The new :attr:`workers`.
+        """
+        self._check_open()
+        workers, addresses, hosts = _read_workers(self._client)
+        with self._lock:
+            self._workers = workers
+            self._addresses = addresses
+            self._hosts = hosts
+        return workers
+
+    def is_local(self) -> bool:
+        """Whether every worker runs on this machine (judged by the workers' host addresses)."""
+        local = _local_hosts()
+        return all(_is_local_host(host, local) for host in self._hosts.values())
+
+    def shares_memory(self) -> bool:
+        """Workers are other processes, maybe other machines: ``False``."""
+        return False
+
+    def create_shared_array(self, shape: int | tuple[int, ...], dtype: Any = float) -> Any:
+        """Not available on Dask: workers do not share the host's memory.
+
+        Raises
+        ------
+        NotImplementedError
+            Always; return results from tasks and put them together with
+            ``alloc.reassemble(executor.gather(futures))`` instead.
+        """
+        raise NotImplementedError(
+            "DaskExecutor has no memory shared with its workers (shares_memory() is False), "
+            "so tasks cannot write into a host array; return the results from the tasks and "
+            "combine them with alloc.reassemble(executor.gather(futures))"
+        )
+
+    def scatter(self, data: R) -> R:
+        """Place ``data`` on the cluster once; pass the result to tasks in its place.
+
+        Returns
+        -------
+        distributed.Future
+            Typed as ``data``: a task given it (also inside lists, tuples and dicts) receives
+            the data, resolved on the worker, without it passing through the host again.
+        """
+        self._check_open()
+        future = self._client.scatter([data], hash=False)[0]
+        return cast("R", future)
+
+    def _chunk_argument(self, alloc: Any, i: int, plan: DistributePlan | None) -> Any:
+        chunk = alloc[i]
+        if _nbytes(chunk) < SCATTER_BYTES:
+            return chunk
+        address = self._addresses[self._workers[i].name]
+        return self._client.scatter([chunk], workers=[address], hash=False)[0]
+
+    # ------------------------------------------------------------------ engine
+
+    def _submit(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+        worker: Worker | None, chunk: int | None, hint: Any = None,
+    ) -> TaskFuture[Any]:
+        # A future of this executor stands for its result: give Dask its own future, so the
+        # value is resolved on the worker and never travels back through the host.
+        if self._dask_futures:
+            args = tree_map(self._as_dask_future, args)
+            kwargs = tree_map(self._as_dask_future, kwargs)
+        return super()._submit(fn, args, kwargs, worker, chunk, hint)
+
+    def _as_dask_future(self, leaf: Any) -> Any:
+        if isinstance(leaf, TaskFuture):
+            with self._dask_lock:
+                return self._dask_futures.get(leaf, leaf)
+        return leaf
+
+    def _prepare_call(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+        future: TaskFuture[Any],
+    ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+        # Packing happens in _engine_submit, where a failure fails the future.
+        return run_shipped, (_Call(fn, args, kwargs, future),), {}
+
+    def _engine_submit(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+        worker: Worker | None,
+    ) -> concurrent.futures.Future[Any]:
+        if len(args) == 1 and not kwargs and isinstance(args[0], _Call):
+            call = args[0]
+        else:
+            call = _Call(fn, args, kwargs, None)
+        address = None if worker is None else self._addresses.get(worker.name)
+        dask_args: list[Any] = []
+
+        def to_slot(leaf: Any) -> Any:
+            if isinstance(leaf, TaskFuture):
+                leaf = self._as_dask_future(leaf)
+            if isinstance(leaf, distributed.Future):
+                dask_args.append(leaf)
+                return Slot(len(dask_args) - 1)
+            if isinstance(leaf, np.ndarray) and leaf.nbytes >= SCATTER_BYTES:
+                where = None if address is None else [address]
+                dask_args.append(self._client.scatter([leaf], workers=where, hash=False)[0])
+                return Slot(len(dask_args) - 1)
+            return leaf
+
+        task_args = tree_map(to_slot, call.args)
+        task_kwargs = tree_map(to_slot, call.kwargs)
+        names = self._modules.names() if self._modules is not None else ()
+        try:
+            payload = dumps_shipped((call.fn, task_args, task_kwargs), names)
+        except Exception as exc:
+            error = SerializationError(
+                f"the task {_funcname(call.fn)} or its arguments could not be pickled: {exc}; "
+                "make sure functions and arguments are picklable (cloudpickle handles lambdas "
+                "and closures; open files, locks, sockets and clients are not)"
+            )
+            raise error from exc
+        pin: dict[str, Any] = {}
+        if address is not None:
+            pin = {"workers": [address], "allow_other_workers": True}
+        dask_future = self._client.submit(
+            run_shipped, payload, *dask_args,
+            key=f"{_funcname(call.fn)}-{uuid.uuid4().hex}", pure=False, **pin,
+        )
+        if call.future is not None:
+            with self._dask_lock:
+                self._dask_futures[call.future] = dask_future
+        return _bridge(dask_future)
+
+    def _engine_shutdown(self, wait: bool) -> None:
+        topics, self._topics = self._topics, []
+        for topic in topics:
+            with contextlib.suppress(Exception):
+                self._client.unsubscribe_topic(topic)
+        self._close_owned()
+
+    def _close_owned(self) -> None:
+        """Close the Client and the cluster the executor created; never anyone else's."""
+        if self._owns_client:
+            with contextlib.suppress(Exception):
+                self._client.close()
+        cluster, self._cluster = self._cluster, None
+        if cluster is not None:
+            with contextlib.suppress(Exception):
+                cluster.close()
+
+    def _translate_error(self, exc: BaseException, future: TaskFuture[Any]) -> BaseException:
+        from distributed.scheduler import KilledWorker
+
+        if isinstance(exc, KilledWorker):
+            crash = WorkerCrashedError(
+                f"a Dask worker died while running the task on {future.describe()} ({exc}); "
+                "the scheduler stops retrying a task after "
+                "'distributed.scheduler.allowed-failures' worker deaths. Look for memory "
+                "limits or crashes in the worker logs.",
+                chunk=future.chunk,
+            )
+            crash.__cause__ = exc
+            return crash
+        if _is_pickling_error(exc):
+            error = SerializationError(
+                f"the task on {future.describe()} or its result could not be pickled: {exc}; "
+                "make sure results are picklable"
+            )
+            error.__cause__ = exc
+            return error
+        return exc
+
+    # ------------------------------------------------------------------ events
+
+    def _make_hub(self) -> EventHub:
+        hub = super()._make_hub()
+        channel = DaskChannel(hub.hub_id, f"mepa-events-{hub.hub_id}")
+        deliver = hub.deliver_bytes
+
+        def on_event(event: tuple[float, Any]) -> None:
+            # Runs on the client's event loop: only decode and queue for the dispatcher.
+            try:
+                deliver(event[1])
+            except Exception:
+                logger.exception("bad event batch on %s", channel.topic)
+
+        self._client.subscribe_topic(channel.topic, on_event)
+        self._topics.append(channel.topic)
+        hub.use_channel(channel)
+        return hub
+
+    def __repr__(self) -> str:
+        state = "shut down" if self._is_shutdown else "running"
+        where = "embedded cluster at " if self._cluster is not None else ""
+        return (
+            f"<DaskExecutor {state}, {len(self._workers)} workers, "
+            f"{where}{self._scheduler_address}>"
+        )
+
+
+# ---------------------------------------------------------------------- calls and futures
+
+
+class _Call:
+    """A task on its way from ``_prepare_call`` to ``_engine_submit``."""
+
+    __slots__ = ("args", "fn", "future", "kwargs")
+
+    def __init__(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+        future: TaskFuture[Any] | None,
+    ) -> None:
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.future = future
+
+
+class _BridgeFuture(concurrent.futures.Future[Any]):
+    """Stdlib future completed from a Dask future; cancelling it cancels the Dask task."""
+
+    def __init__(self, dask_future: Any) -> None:
+        super().__init__()
+        self.dask_future = dask_future
+
+    def cancel(self) -> bool:
+        if self.cancelled():
+            return True
+        if self.done():
+            return False
+        with contextlib.suppress(Exception):
+            self.dask_future.cancel()
+        return super().cancel()
+
+    def _cancelled_by_dask(self) -> None:
+        if concurrent.futures.Future.cancel(self):
+            self.set_running_or_notify_cancel()
+
+
+def _bridge(dask_future: Any) -> _BridgeFuture:
+    bridge = _BridgeFuture(dask_future)
+    dask_future.add_done_callback(lambda f: _complete(bridge, f))
+    return bridge
+
+
+def _complete(bridge: _BridgeFuture, dask_future: Any) -> None:
+    """Move a finished Dask future's outcome to ``bridge`` (in Dask's callback thread)."""
+    if bridge.done():
+        return
+    try:
+        status = dask_future.status
+        if status == "finished":
+            value = dask_future.result()
+        elif status == "cancelled":
+            bridge._cancelled_by_dask()
+            return
+        else:
+            exc = dask_future.exception()
+            _attach_remote_traceback(exc, dask_future.traceback())
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                bridge.set_exception(exc)
+            return
+    except Exception as exc:  # noqa: BLE001 - lost results, a closed client: the task fails
+        with contextlib.suppress(concurrent.futures.InvalidStateError):
+            bridge.set_exception(exc)
+        return
+    with contextlib.suppress(concurrent.futures.InvalidStateError):
+        bridge.set_result(value)
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised on a Dask worker, attached as its ``__cause__``."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def _attach_remote_traceback(exc: BaseException, tb: Any) -> None:
+    if exc.__cause__ is not None or tb is None:
+        return
+    with contextlib.suppress(Exception):
+        text = "".join(traceback.format_exception(type(exc), exc, tb))
+        exc.__cause__ = RemoteTraceback(f'\n"""\n{text}"""')
+
+
+def _is_pickling_error(exc: BaseException) -> bool:
+    import pickle
+
+    if isinstance(exc, pickle.PicklingError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, TypeError) and ("pickle" in text or "could not serialize" in text)
+
+
+# ---------------------------------------------------------------------- events on workers
+
+
+class DaskChannel(Channel):
+    """Event channel from Dask workers to a hub: ``Worker.log_event`` on a topic of the hub.
+
+    Parameters
+    ----------
+    hub_id
+        The hub's id.
+    topic
+        The Dask event topic the executor subscribed to.
+    """
+
+    def __init__(self, hub_id: str, topic: str) -> None:
+        super().__init__(hub_id)
+        self.topic = topic
+
+    def __repr__(self) -> str:
+        return f"DaskChannel(hub_id={self.hub_id!r}, topic={self.topic!r})"
+
+    def sender(self) -> Any:
+        # Called at a context's first fire, in the task's thread: note the worker, so a flush
+        # from the background flusher thread can still reach it.
+        _note_worker()
+        return super().sender()
+
+    def connect(self) -> Transport:
+        """The process-local transport: this worker's ``log_event``."""
+        return _LogEventTransport(self.topic)
+
+
+_WORKER: weakref.ReferenceType[distributed.Worker] | None = None
+
+
+def _note_worker() -> None:
+    global _WORKER
+    with contextlib.suppress(ValueError):
+        _WORKER = weakref.ref(distributed.get_worker())
+
+
+def _current_worker() -> distributed.Worker:
+    with contextlib.suppress(ValueError):
+        return distributed.get_worker()
+    worker = _WORKER() if _WORKER is not None else None
+    if worker is None:
+        worker = next(iter(distributed.Worker._instances), None)
+    if worker is None:
+        raise OSError("no Dask worker in this process to send events through")
+    return worker
+
+
+class _LogEventTransport:
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+
+    def send_bytes(self, payload: bytes) -> None:
+        try:
+            _current_worker().log_event(self.topic, payload)
+        except RuntimeError as exc:  # the worker's loop is closing
+            raise OSError(str(exc)) from exc
+
+    def close(self) -> None:
+        pass
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _start_local_cluster(
+    n_workers: int | None, threads_per_worker: int | None, security: Security | None
+) -> distributed.LocalCluster:
+    for name, value in (("n_workers", n_workers), ("threads_per_worker", threads_per_worker)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 1):
+            raise WorkerSpecError(
+                f"{name} must be a positive int or None, got {value!r}; pass None for the "
+                "default (one single-thread worker per physical core)"
+            )
+    protocol = "tls://" if security is not None and security.require_encryption else None
+    local_cluster: Any = distributed.LocalCluster
+    cluster: distributed.LocalCluster = local_cluster(
+        n_workers=physical_cores() if n_workers is None else n_workers,
+        threads_per_worker=1 if threads_per_worker is None else threads_per_worker,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address="127.0.0.1:0",  # the scheduler's HTTP routes, on loopback
+        scheduler_kwargs={"dashboard": False},
+        security=security,
+        protocol=protocol,
+        silence_logs=logging.ERROR,
+    )
+    return cluster
+
+
+def _read_workers(
+    client: Any,
+) -> tuple[tuple[Worker, ...], dict[str, str], dict[str, str]]:
+    """The cluster's workers as mepa workers, their addresses and hosts, by mepa name."""
+    info: Mapping[str, Mapping[str, Any]] = client.scheduler_info(n_workers=-1).get("workers", {})
+    if not info:
+        raise WorkerSpecError(
+            "the Dask cluster has no workers; start some with "
+            "'dask worker <scheduler address>' (or pass address=None for an embedded cluster)"
+        )
+    rows = []
+    for address, w in info.items():
+        host = str(w.get("host") or _host_of(address))
+        rows.append((address, w.get("name", address), host, int(w.get("nthreads") or 1)))
+    rows.sort(key=lambda r: (_name_order(r[1], r[0], r[2]), r[0]))
+    per_host: dict[str, int] = {}
+    taken: set[str] = set()
+    workers, addresses, hosts = [], {}, {}
+    for address, dask_name, host, nthreads in rows:
+        if isinstance(dask_name, int) or (isinstance(dask_name, str) and dask_name.isdigit()):
+            name = f"dask-{int(dask_name)}"
+        elif isinstance(dask_name, str) and dask_name and dask_name != address \
+                and "://" not in dask_name:
+            name = dask_name
+        else:
+            index = per_host.get(host, 0)
+            per_host[host] = index + 1
+            name = f"{host}-{index}"
+        if name in taken:
+            name = f"{name}@{address}"
+        taken.add(name)
+        workers.append(Worker(name, weight=float(nthreads)))
+        addresses[name] = address
+        hosts[name] = host
+    return tuple(workers), addresses, hosts
+
+
+def _name_order(dask_name: Any, address: str, host: str) -> tuple[Any, ...]:
+    if isinstance(dask_name, int) or (isinstance(dask_name, str) and dask_name.isdigit()):
+        return (0, int(dask_name))
+    if isinstance(dask_name, str) and dask_name != address and "://" not in dask_name:
+        match = re.match(r"^(.+)-(\d+)$", dask_name)
+        return (1, match[1], int(match[2])) if match else (1, dask_name, -1)
+    port = address.rsplit(":", 1)[-1]
+    return (2, host, int(port) if port.isdigit() else 0)
+
+
+def _host_of(address: str) -> str:
+    rest = _PROTOCOL.sub("", address)
+    host = rest.rsplit(":", 1)[0] if ":" in rest else rest
+    return host.strip("[]")
+
+
+def _local_hosts() -> set[str]:
+    hosts = {"localhost", socket.gethostname(), socket.getfqdn()}
+    with contextlib.suppress(Exception):
+        import psutil  # type: ignore[import-untyped,unused-ignore]
+
+        for addrs in psutil.net_if_addrs().values():
+            hosts.update(a.address.split("%")[0] for a in addrs)
+    with contextlib.suppress(OSError):
+        hosts.update(socket.gethostbyname_ex(socket.gethostname())[2])
+    return hosts
+
+
+def _is_local_host(host: str, local: set[str]) -> bool:
+    if host in local:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _nbytes(tree: Any) -> int:
+    return sum(int(getattr(leaf, "nbytes", 0) or 0) for leaf in iter_leaves(tree))
+
+
+def _funcname(fn: Any) -> str:
+    name = getattr(fn, "__name__", None) or type(fn).__name__
+    return re.sub(r"[^A-Za-z0-9_.]", "_", str(name))[:60] or "task"
