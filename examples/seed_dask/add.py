@@ -1,0 +1,3 @@
+# add.py
+def func(a, b):
+    return a + b

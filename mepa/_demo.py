@@ -1,0 +1,706 @@
+"""The demo: the magnetic anomaly of a buried body, computed in parallel.
+
+A dipping slab of magnetic rock is cut into cubic cells; each cell is magnetised by the Earth's
+field and acts as a point dipole. The total-field anomaly it causes is computed at a grid of
+receivers on the surface, the way a ground magnetic survey would see it::
+
+    receivers (grid) ──arrange(shuffle=True)──▶ one chunk per worker
+        worker: forward(chunk of receivers, cells, moments) in blocks ──▶ progress.update(rows)
+                                                              at the end ──▶ cpu.fire(seconds)
+    anomaly ◀── reassemble (grid order) ◀── gather
+
+Conventions
+-----------
+Right-handed coordinates in metres with **x north, y east, z down** (the usual convention of
+geomagnetism): depths are positive, receivers above the ground have ``z < 0``. The inducing
+field has inclination ``I`` (degrees below the horizontal, positive in the northern hemisphere)
+and declination ``D`` (degrees east of north), so its unit vector is
+``(cos I cos D, cos I sin D, sin I)``.
+
+Physics
+-------
+Each cell of volume ``V`` and susceptibility ``chi`` gets the induced moment
+``m = chi * V * B0 / mu0`` (A m^2), parallel to the inducing field ``B0`` (no remanence, no
+self-demagnetisation: fine for ``chi << 1``). A point dipole ``m`` at distance ``r`` (unit
+vector ``r_hat`` from the dipole to the receiver) makes the field
+
+    B = mu0 / (4 pi) * (3 (m . r_hat) r_hat - m) / r^3
+
+and the total-field anomaly a magnetometer reads is its projection on the inducing field's
+direction, ``dT = B . b0_hat``, reported in nT.
+
+Why shuffle
+-----------
+A point dipole stands in well for a cube only when the receiver is several cube sizes away.
+:func:`forward` therefore refines adaptively: a cell closer than ``refine_within`` cell sizes
+to a receiver is replaced, for that receiver only, by ``s**3`` sub-dipoles with ``s`` growing
+as the distance shrinks. Receivers above the shallow edge of the body pay for many refined
+pairs, receivers far from it for none, so rows of the grid cost very different amounts, and
+contiguous chunks of the grid would leave some workers idle. ``shuffle=True`` spreads the
+expensive receivers over every worker.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TextIO
+
+import numpy as np
+from numpy.typing import NDArray
+
+if TYPE_CHECKING:
+    from ._events import EventContext
+    from ._executors._base import Executor
+    from ._progress import Progress
+
+__all__ = [
+    "MU0",
+    "SIZES",
+    "DemoResult",
+    "MagneticProblem",
+    "field_direction",
+    "forward",
+    "induced_moments",
+    "make_problem",
+    "run_demo",
+]
+
+MU0 = 4e-7 * math.pi
+"""Vacuum permeability (T m / A), the pre-2019 exact value (the difference is 1e-10)."""
+
+_CM = MU0 / (4 * math.pi)  # = 1e-7 T m / A
+_TESLA_TO_NT = 1e9
+
+Size = Literal["small", "default", "large"]
+ExecutorKind = Literal["linear", "thread", "process", "dask"]
+
+SIZES: dict[str, tuple[int, float]] = {
+    "small": (40, 10.0),
+    "default": (160, 4.0),
+    "large": (240, 3.0),
+}
+"""Receivers per side of the grid and cell size (m) for each demo size."""
+
+_DEFAULT_BLOCK_BYTES = 2**20
+
+
+# ------------------------------------------------------------------------------ physics
+
+
+def field_direction(inclination: float, declination: float) -> NDArray[np.float64]:
+    """Unit vector of a field of the given inclination and declination (x north, y east, z down).
+
+    Parameters
+    ----------
+    inclination
+        Degrees below the horizontal (90: straight down, as at the north magnetic pole).
+    declination
+        Degrees east of geographic north.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape ``(3,)``.
+
+    Examples
+    --------
+    >>> field_direction(90.0, 0.0).round(12)
+    array([0., 0., 1.])
+    >>> field_direction(0.0, 90.0).round(12)
+    array([0., 1., 0.])
+    """
+    inc, dec = math.radians(inclination), math.radians(declination)
+    return np.array(
+        [math.cos(inc) * math.cos(dec), math.cos(inc) * math.sin(dec), math.sin(inc)]
+    )
+
+
+def induced_moments(
+    volumes: NDArray[np.float64] | float,
+    susceptibility: NDArray[np.float64] | float,
+    field_nt: float,
+    direction: NDArray[np.float64],
+) -> NDArray[np.float64]:
+    """Moments ``m = chi * V * B0 / mu0`` induced in cells by a uniform field.
+
+    Parameters
+    ----------
+    volumes
+        Cell volumes (m^3), one per cell or one for all.
+    susceptibility
+        Volume susceptibility (SI, dimensionless), one per cell or one for all.
+    field_nt
+        Strength of the inducing field (nT).
+    direction
+        Unit vector of the inducing field, from :func:`field_direction`.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape ``(n_cells, 3)`` (``(1, 3)`` if both inputs are scalars), in A m^2.
+    """
+    strength = np.atleast_1d(np.asarray(volumes, dtype=np.float64)) * np.asarray(
+        susceptibility, dtype=np.float64
+    ) * (field_nt / _TESLA_TO_NT / MU0)
+    return strength[:, None] * np.asarray(direction, dtype=np.float64)[None, :]
+
+
+def forward(
+    receivers: NDArray[np.float64],
+    cells: NDArray[np.float64],
+    moments: NDArray[np.float64],
+    *,
+    direction: NDArray[np.float64] | None = None,
+    cell_size: float = 0.0,
+    refine_within: float = 8.0,
+    max_refine: int = 8,
+    block_bytes: int = _DEFAULT_BLOCK_BYTES,
+) -> NDArray[np.float64]:
+    """Total-field anomaly (nT) of point dipoles at receivers.
+
+    Vectorised over receivers and cells; receivers are taken in blocks sized so that the
+    temporary arrays stay under about ``block_bytes``. Each receiver's value depends only on
+    that receiver, so splitting ``receivers`` into chunks gives the same numbers.
+
+    Parameters
+    ----------
+    receivers
+        Receiver positions, shape ``(n, 3)`` (m; x north, y east, z down).
+    cells
+        Dipole positions (cell centres), shape ``(c, 3)``.
+    moments
+        Dipole moments, shape ``(c, 3)`` (A m^2).
+    direction
+        Unit vector the field is projected on (the inducing field's direction). ``None``
+        uses the direction of the summed moments (right for purely induced magnetisation).
+    cell_size
+        Edge of the cubic cells (m). If positive, a cell closer to a receiver than
+        ``refine_within * cell_size`` is split, for that receiver, into ``s**3`` sub-dipoles,
+        ``s = min(max_refine, ceil(refine_within * cell_size / r))``; 0 disables refinement.
+    refine_within
+        Distance, in cell sizes, below which cells are refined.
+    max_refine
+        Largest number of sub-cells per edge.
+    block_bytes
+        Rough bound on the memory of the temporaries.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape ``(n,)``, the anomaly at each receiver in nT.
+
+    Raises
+    ------
+    ValueError
+        If the shapes are wrong, or the moments sum to zero and ``direction`` is ``None``.
+
+    Examples
+    --------
+    A vertical dipole of 1000 A m^2 10 m below a receiver, in a vertical field, gives
+    ``mu0 / (4 pi) * 2 m / r^3`` = 1e-7 * 2000 / 1000 T = 200 nT:
+
+    >>> forward(np.array([[0.0, 0.0, 0.0]]), np.array([[0.0, 0.0, 10.0]]),
+    ...         np.array([[0.0, 0.0, 1e3]])).round(9)
+    array([200.])
+    """
+    receivers = _points(receivers, "receivers")
+    cells = _points(cells, "cells")
+    moments = _points(moments, "moments")
+    if len(moments) != len(cells):
+        raise ValueError(
+            f"moments must have one row per cell ({len(cells)}), got {len(moments)}; "
+            "pass one moment vector per cell"
+        )
+    u = _unit(moments.sum(axis=0) if direction is None else np.asarray(direction, float))
+    out = np.zeros(len(receivers))
+    if len(receivers) == 0 or len(cells) == 0:
+        return out
+    near_limit = refine_within * cell_size if cell_size > 0 else 0.0
+    # About 8 float64 temporaries of shape (rows, cells) live at once.
+    rows = max(1, int(block_bytes // (8 * 8 * len(cells))))
+    m_dot_u = moments @ u
+    for start in range(0, len(receivers), rows):
+        block = receivers[start:start + rows]
+        out[start:start + rows] = _block_anomaly(
+            block, cells, moments, u, m_dot_u, near_limit, cell_size, max_refine, block_bytes
+        )
+    return out
+
+
+def _block_anomaly(
+    block: NDArray[np.float64],
+    cells: NDArray[np.float64],
+    moments: NDArray[np.float64],
+    u: NDArray[np.float64],
+    m_dot_u: NDArray[np.float64],
+    near_limit: float,
+    cell_size: float,
+    max_refine: int,
+    block_bytes: int,
+) -> NDArray[np.float64]:
+    rx = block[:, 0:1] - cells[None, :, 0]
+    ry = block[:, 1:2] - cells[None, :, 1]
+    rz = block[:, 2:3] - cells[None, :, 2]
+    r2 = rx * rx + ry * ry + rz * rz
+    m_dot_r = rx * moments[:, 0] + ry * moments[:, 1] + rz * moments[:, 2]
+    r_dot_u = rx * u[0] + ry * u[1] + rz * u[2]
+    del rx, ry, rz
+    inv_r2 = 1.0 / r2
+    inv_r3 = inv_r2 * np.sqrt(inv_r2)
+    # dT = cm * (3 (m.r)(r.u) / r^5 - (m.u) / r^3)
+    terms = inv_r3 * (3.0 * m_dot_r * r_dot_u * inv_r2 - m_dot_u)
+    near = r2 < near_limit * near_limit  # all False when refinement is off
+    refine = bool(near.any())
+    if refine:
+        terms[near] = 0.0  # these pairs are summed again, refined, below
+    total: NDArray[np.float64] = terms.sum(axis=1)
+    if refine:
+        total += _refined(
+            block, cells, moments, u, near, r2, cell_size, near_limit, max_refine, block_bytes
+        )
+    result: NDArray[np.float64] = total * (_CM * _TESLA_TO_NT)
+    return result
+
+
+def _refined(
+    block: NDArray[np.float64],
+    cells: NDArray[np.float64],
+    moments: NDArray[np.float64],
+    u: NDArray[np.float64],
+    near: NDArray[np.bool_],
+    r2: NDArray[np.float64],
+    cell_size: float,
+    near_limit: float,
+    max_refine: int,
+    block_bytes: int,
+) -> NDArray[np.float64]:
+    """Sum, per receiver of ``block``, of the near cells split into sub-dipoles."""
+    rec, cell = np.nonzero(near)
+    splits = np.minimum(max_refine, np.ceil(near_limit / np.sqrt(r2[rec, cell]))).astype(int)
+    splits = np.maximum(splits, 1)
+    out = np.zeros(len(block))
+    for s in np.unique(splits):
+        pick = splits == s
+        r_idx, c_idx = rec[pick], cell[pick]
+        side = (np.arange(s) + 0.5) / s - 0.5
+        offsets = np.stack(np.meshgrid(side, side, side, indexing="ij"), -1).reshape(-1, 3)
+        offsets *= cell_size
+        k = len(offsets)
+        step = max(1, int(block_bytes // (8 * 8 * k)))
+        for start in range(0, len(r_idx), step):
+            ri, ci = r_idx[start:start + step], c_idx[start:start + step]
+            # (pairs, k, 3): receiver minus each sub-dipole of the cell
+            r = (block[ri] - cells[ci])[:, None, :] - offsets[None, :, :]
+            m = moments[ci] / k
+            inv_r2 = 1.0 / np.einsum("pkj,pkj->pk", r, r)
+            inv_r3 = inv_r2 * np.sqrt(inv_r2)
+            m_dot_r = np.einsum("pkj,pj->pk", r, m)
+            r_dot_u = r @ u
+            terms = inv_r3 * (3.0 * m_dot_r * r_dot_u * inv_r2 - (m @ u)[:, None])
+            out += np.bincount(ri, weights=terms.sum(axis=1), minlength=len(block))
+    return out
+
+
+def _points(value: Any, name: str) -> NDArray[np.float64]:
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[1] != 3:
+        raise ValueError(
+            f"{name} must have shape (n, 3) (x north, y east, z down), got shape {arr.shape}; "
+            "stack the coordinates as columns"
+        )
+    return arr
+
+
+def _unit(vector: NDArray[np.float64]) -> NDArray[np.float64]:
+    norm = float(np.linalg.norm(vector))
+    if not norm > 0:
+        raise ValueError(
+            "direction must be a non-zero vector, got zero (moments summing to zero and no "
+            "direction given); pass direction=field_direction(inclination, declination)"
+        )
+    return vector / norm
+
+
+# ------------------------------------------------------------------------------ problem
+
+
+@dataclass(frozen=True)
+class MagneticProblem:
+    """A survey grid over a magnetised dipping slab.
+
+    Attributes
+    ----------
+    north, east
+        Receiver coordinates along each axis of the grid (m).
+    receivers
+        Receiver positions, shape ``(len(north) * len(east), 3)``, row-major over
+        ``(north, east)``, 1 m above the ground (``z = -1``).
+    cells, moments
+        Cell centres and induced moments, shape ``(c, 3)``.
+    cell_size
+        Edge of the cubic cells (m).
+    direction
+        Unit vector of the inducing field.
+    outline
+        The slab's horizontal extent, for maps: ``(x, y)`` corners of a closed rectangle.
+    """
+
+    north: NDArray[np.float64]
+    east: NDArray[np.float64]
+    receivers: NDArray[np.float64]
+    cells: NDArray[np.float64]
+    moments: NDArray[np.float64]
+    cell_size: float
+    direction: NDArray[np.float64]
+    outline: NDArray[np.float64]
+
+    def forward(self, receivers: NDArray[np.float64] | None = None) -> NDArray[np.float64]:
+        """The anomaly at ``receivers`` (all of the grid if ``None``), with refinement."""
+        return forward(
+            self.receivers if receivers is None else receivers, self.cells, self.moments,
+            direction=self.direction, cell_size=self.cell_size,
+        )
+
+
+def make_problem(
+    size: Size | str = "default",
+    *,
+    inclination: float = 60.0,
+    declination: float = 10.0,
+    field_nt: float = 50_000.0,
+    susceptibility: float = 0.05,
+) -> MagneticProblem:
+    """Build the demo's survey and body.
+
+    The body is a slab 30 m thick, 160 m along strike (east), reaching 100 m down dip from a top
+    edge 3 m below the ground at 30 m south of the grid's centre, dipping 50 degrees to the
+    north. It is filled with the cubic cells whose centres fall inside it. The survey is a
+    square grid of 240 m x 240 m, 1 m above the ground.
+
+    Parameters
+    ----------
+    size
+        ``"small"``, ``"default"`` or ``"large"``: grid points per side and cell size, from
+        :data:`SIZES`.
+    inclination, declination
+        Of the inducing field, in degrees (see :func:`field_direction`).
+    field_nt
+        Strength of the inducing field (nT).
+    susceptibility
+        Of the slab (SI).
+
+    Returns
+    -------
+    MagneticProblem
+    """
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
+    n_side, h = SIZES[size]
+    north = np.linspace(-120.0, 120.0, n_side)
+    east = np.linspace(-120.0, 120.0, n_side)
+    gx, gy = np.meshgrid(north, east, indexing="ij")
+    receivers = np.column_stack([gx.ravel(), gy.ravel(), np.full(gx.size, -1.0)])
+
+    top, thickness, strike, extent, dip = 3.0, 30.0, 160.0, 100.0, math.radians(50.0)
+    # Along-dip unit vector (down and north) and the slab normal.
+    along = np.array([math.cos(dip), 0.0, math.sin(dip)])
+    normal = np.array([-math.sin(dip), 0.0, math.cos(dip)])
+    origin = np.array([-30.0, 0.0, top])  # the top edge runs east through here
+    lo = origin - thickness * np.abs(normal) - h
+    hi = origin + extent * along + thickness * np.abs(normal) + h
+    axes = [np.arange(lo[k] + h / 2, hi[k], h) for k in range(3)]
+    axes[1] = np.arange(-strike / 2 + h / 2, strike / 2, h)
+    cx, cy, cz = np.meshgrid(*axes, indexing="ij")
+    centres = np.column_stack([cx.ravel(), cy.ravel(), cz.ravel()])
+    rel = centres - origin
+    s_along, s_normal = rel @ along, rel @ normal
+    inside = (s_along >= 0) & (s_along <= extent) & (s_normal >= 0) & (s_normal <= thickness)
+    inside &= centres[:, 2] >= top + h / 2
+    cells = np.ascontiguousarray(centres[inside])
+
+    direction = field_direction(inclination, declination)
+    moments = induced_moments(h**3, susceptibility, field_nt, direction) * np.ones((len(cells), 1))
+    x0, x1 = cells[:, 0].min() - h / 2, cells[:, 0].max() + h / 2
+    y0, y1 = cells[:, 1].min() - h / 2, cells[:, 1].max() + h / 2
+    outline = np.array([[x0, y0], [x0, y1], [x1, y1], [x1, y0], [x0, y0]])
+    return MagneticProblem(north, east, receivers, cells, moments, h, direction, outline)
+
+
+# ------------------------------------------------------------------------------ the run
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """What :func:`run_demo` computed and measured.
+
+    Attributes
+    ----------
+    anomaly
+        The parallel result, shape ``(len(north), len(east))`` (nT).
+    max_relative_error
+        ``max |parallel - serial| / max |serial|``.
+    parallel_seconds, serial_seconds
+        Wall times of the parallel run (workers already started) and of the serial one.
+    startup_seconds
+        Time to start the executor and its workers.
+    n_workers
+        Workers of the executor.
+    image
+        The PNG written, or ``None``.
+    worker_cpu_seconds
+        CPU time the tasks used, summed over workers.
+    """
+
+    anomaly: NDArray[np.float64]
+    max_relative_error: float
+    parallel_seconds: float
+    serial_seconds: float
+    startup_seconds: float
+    n_workers: int
+    image: Path | None
+    worker_cpu_seconds: float = math.nan
+
+    @property
+    def speedup(self) -> float:
+        """Serial time over parallel time."""
+        return self.serial_seconds / self.parallel_seconds if self.parallel_seconds else math.inf
+
+
+def forward_task(
+    receivers: NDArray[np.float64],
+    cells: NDArray[np.float64],
+    moments: NDArray[np.float64],
+    direction: NDArray[np.float64],
+    cell_size: float,
+    progress: Progress | None = None,
+    cpu: EventContext | None = None,
+    rows_per_update: int = 64,
+) -> NDArray[np.float64]:
+    """One worker's share: :func:`forward` on its receivers.
+
+    Reports the receivers done to ``progress`` as it goes, and at the end fires ``cpu`` with
+    the CPU seconds the task used (its thread's CPU time).
+    """
+    start_cpu = time.thread_time()
+    out = np.empty(len(receivers))
+    for start in range(0, len(receivers), rows_per_update):
+        stop = min(start + rows_per_update, len(receivers))
+        out[start:stop] = forward(
+            receivers[start:stop], cells, moments, direction=direction, cell_size=cell_size
+        )
+        if progress is not None:
+            progress.update(stop - start)
+    if cpu is not None:
+        cpu.fire(time.thread_time() - start_cpu)
+    return out
+
+
+def make_executor(
+    kind: ExecutorKind | str, n_workers: int | None = None, address: str | None = None
+) -> Executor:
+    """An executor of the given kind.
+
+    Parameters
+    ----------
+    kind
+        ``"linear"``, ``"thread"``, ``"process"`` or ``"dask"``.
+    n_workers
+        Workers (``None``: one per physical core; for Dask, the cluster's workers).
+    address
+        For ``"dask"``: the scheduler address; ``None`` starts a local cluster.
+
+    Raises
+    ------
+    ValueError
+        Unknown kind, or an address given to a local executor.
+    ImportError
+        ``"dask"`` when the Dask executor is not available.
+    """
+    from ._executors._local import LinearExecutor, ThreadExecutor
+
+    if address is not None and kind != "dask":
+        raise ValueError(
+            f"address is only used by the dask executor, got address={address!r} with "
+            f"executor {kind!r}; drop the address or choose the dask executor"
+        )
+    if kind == "linear":
+        return LinearExecutor(n_workers)
+    if kind == "thread":
+        return ThreadExecutor(n_workers)
+    if kind == "process":
+        from ._executors._process import ProcessExecutor
+
+        return ProcessExecutor(n_workers)
+    if kind == "dask":
+        return _dask_executor(n_workers, address)
+    raise ValueError(
+        f"executor kind must be one of 'linear', 'thread', 'process', 'dask', got {kind!r}"
+    )
+
+
+def _dask_executor(n_workers: int | None, address: str | None) -> Executor:
+    if address is not None and n_workers is not None:
+        raise ValueError(
+            f"n_workers sizes the embedded Dask cluster only, got n_workers={n_workers} with "
+            f"address={address!r}; drop n_workers (the cluster has its own workers) or the "
+            "address"
+        )
+    try:
+        from ._executors._dask import DaskExecutor
+    except ImportError as exc:
+        raise ImportError(
+            f"the dask executor is not available in this installation ({exc}); choose "
+            "the process executor, or install dask.distributed"
+        ) from exc
+    if address is not None:
+        return DaskExecutor(address)
+    return DaskExecutor(None, n_workers=n_workers)
+
+
+def run_demo(
+    executor_kind: ExecutorKind | str = "process",
+    n_workers: int | None = None,
+    size: Size | str = "default",
+    address: str | None = None,
+    plot: bool = True,
+    out: str | Path = "mepa-demo-magnetic.png",
+    *,
+    file: TextIO | None = None,
+    progress: bool = True,
+) -> DemoResult:
+    """Compute the demo's anomaly in parallel and serially, compare, time, and map it.
+
+    Parameters
+    ----------
+    executor_kind
+        ``"linear"``, ``"thread"``, ``"process"`` or ``"dask"``.
+    n_workers
+        Workers; ``None`` means one per physical core (or the Dask cluster's workers).
+    size
+        ``"small"`` (about a second), ``"default"`` (about 10-20 s on 2 cores) or ``"large"``.
+    address
+        Dask scheduler address; ``None`` with ``"dask"`` starts a local cluster.
+    plot
+        Write a PNG map of the anomaly (needs matplotlib; skipped with a message without it).
+    out
+        Path of the PNG.
+    file
+        Where the report goes (default ``sys.stdout``); the progress bar goes to ``sys.stderr``.
+    progress
+        Show the progress bar fed by the workers.
+
+    Returns
+    -------
+    DemoResult
+    """
+    stream = file if file is not None else sys.stdout
+
+    def say(text: str) -> None:
+        print(text, file=stream, flush=True)
+
+    problem = make_problem(size)
+    n_rec, n_cells = len(problem.receivers), len(problem.cells)
+    say(
+        f"mepa demo: total-field magnetic anomaly of a dipping slab ({size})\n"
+        f"  {n_rec} receivers x {n_cells} dipole cells of {problem.cell_size:g} m, "
+        f"adaptive refinement near the body"
+    )
+
+    t0 = time.perf_counter()
+    executor = make_executor(executor_kind, n_workers, address)
+    with executor:
+        n = executor.get_n_workers()
+        executor.gather([executor.submit(_ready) for _ in range(n)], timeout=120)
+        startup = time.perf_counter() - t0
+        say(f"  executor: {type(executor).__name__} with {n} workers (started in {startup:.2f} s)")
+
+        t0 = time.perf_counter()
+        bar = (
+            executor.progress(total=n_rec, desc="receivers", unit="rx", leave=False)
+            if progress else None
+        )
+        task_cpu: list[float] = []
+        cpu_event = executor.register(task_cpu.append)
+        alloc = executor.arrange(problem.receivers, shuffle=True)
+        cells, moments = executor.scatter(problem.cells), executor.scatter(problem.moments)
+        futures = executor.distribute(
+            forward_task, alloc, cells, moments, problem.direction, problem.cell_size, bar,
+            cpu_event,
+        )
+        # gather returns once every event the tasks fired has been dispatched: task_cpu is full.
+        parallel = alloc.reassemble(executor.gather(futures))
+        parallel_s = time.perf_counter() - t0
+        if bar is not None:
+            bar.close()
+
+    t0, cpu0 = time.perf_counter(), time.thread_time()
+    serial = problem.forward()
+    serial_s, serial_cpu = time.perf_counter() - t0, time.thread_time() - cpu0
+
+    error = float(np.max(np.abs(parallel - serial)) / np.max(np.abs(serial)))
+    anomaly = parallel.reshape(len(problem.north), len(problem.east))
+    say(f"  anomaly: {anomaly.min():.1f} to {anomaly.max():.1f} nT")
+    say(f"  max relative error (parallel vs serial): {error:.3e}")
+    speedup = serial_s / parallel_s if parallel_s > 0 else math.inf
+    say(
+        f"  time: parallel {parallel_s:.2f} s on {n} workers, serial {serial_s:.2f} s, "
+        f"speed-up {speedup:.2f}x"
+    )
+    worker_cpu = math.fsum(task_cpu)
+    busy = worker_cpu / (n * parallel_s) if parallel_s > 0 else 1.0
+    say(
+        f"  CPU time: {worker_cpu:.2f} s in the workers ({busy:.0%} of {n} x the parallel "
+        f"wall time), {serial_cpu:.2f} s serially"
+    )
+    if executor_kind != "linear" and busy < 0.75:
+        if parallel_s < 1.0:
+            say(
+                "  note: at this size sending the work and the results costs about as much as "
+                "computing them; a larger --size shows the speed-up"
+            )
+        else:
+            say(
+                "  note: the workers were running less than 3/4 of the time, so other "
+                "programs were probably sharing the cores; the speed-up reflects that"
+            )
+    image = _plot(problem, anomaly, Path(out), say) if plot else None
+    return DemoResult(anomaly, error, parallel_s, serial_s, startup, n, image, worker_cpu)
+
+
+def _ready() -> bool:
+    return True
+
+
+def _plot(
+    problem: MagneticProblem, anomaly: NDArray[np.float64], out: Path,
+    say: Callable[[str], None],
+) -> Path | None:
+    try:
+        from matplotlib.colors import TwoSlopeNorm
+        from matplotlib.figure import Figure
+    except ImportError:
+        say("  matplotlib is not installed: no map written (pip install 'mepa[plot]')")
+        return None
+    fig = Figure(figsize=(6.4, 5.2), layout="constrained")
+    ax = fig.add_subplot()
+    low, high = float(anomaly.min()), float(anomaly.max())
+    norm = TwoSlopeNorm(vcenter=0.0, vmin=min(low, -1e-9), vmax=max(high, 1e-9))
+    mesh = ax.pcolormesh(
+        problem.east, problem.north, anomaly, cmap="RdBu_r", norm=norm, shading="auto"
+    )
+    ax.plot(problem.outline[:, 1], problem.outline[:, 0], "k--", lw=1, label="slab (plan)")
+    ax.set_xlabel("east (m)")
+    ax.set_ylabel("north (m)")
+    ax.set_aspect("equal")
+    ax.set_title("Total-field anomaly of a dipping slab")
+    ax.legend(loc="lower right", fontsize="small")
+    fig.colorbar(mesh, ax=ax, label="anomaly (nT)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    say(f"  map written to {out}")
+    return out

@@ -1,0 +1,201 @@
+"""The magnetic demo: physics checked by hand, and parallel runs equal to the serial one."""
+
+from __future__ import annotations
+
+import doctest
+import io
+import math
+import sys
+
+import numpy as np
+import pytest
+
+import mepa._demo
+from mepa._demo import (
+    MU0,
+    field_direction,
+    forward,
+    induced_moments,
+    make_executor,
+    make_problem,
+    run_demo,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+CM = 1e-7  # mu0 / (4 pi), T m / A
+NT = 1e9
+
+
+def one_point(x: float, y: float, z: float) -> np.ndarray:
+    return np.array([[x, y, z]])
+
+
+# ------------------------------------------------------------------------------ physics
+
+
+def test_directions_follow_x_north_y_east_z_down() -> None:
+    assert np.allclose(field_direction(90, 0), [0, 0, 1])  # straight down
+    assert np.allclose(field_direction(0, 0), [1, 0, 0])  # north
+    assert np.allclose(field_direction(0, 90), [0, 1, 0])  # east
+    u = field_direction(60, 10)
+    assert math.isclose(np.linalg.norm(u), 1.0)
+    assert math.isclose(u[2], math.sin(math.radians(60)))
+
+
+def test_induced_moment_is_chi_volume_field_over_mu0() -> None:
+    m = induced_moments(8.0, 0.01, 50_000.0, field_direction(90, 0))
+    assert m.shape == (1, 3)
+    assert np.allclose(m[0], [0, 0, 0.01 * 8.0 * 50_000e-9 / MU0])
+    assert math.isclose(m[0, 2], 3.183098861837907, rel_tol=1e-12)
+
+
+def test_dipole_directly_below_a_receiver_in_a_vertical_field() -> None:
+    """Bz = mu0 / (4 pi) * 2 m / r^3 straight above a vertical dipole."""
+    m, r = 2.5e3, 7.0
+    got = forward(one_point(0, 0, -1), one_point(0, 0, r - 1), one_point(0, 0, m))
+    assert math.isclose(got[0], CM * 2 * m / r**3 * NT, rel_tol=1e-12)
+    # The same with an explicit direction and a moment built from a susceptibility.
+    u = field_direction(90, 0)
+    moment = induced_moments(1.0, 0.1, 50_000.0, u)
+    got = forward(one_point(3, 4, 0), one_point(3, 4, r), moment, direction=u)
+    assert math.isclose(got[0], CM * 2 * moment[0, 2] / r**3 * NT, rel_tol=1e-12)
+
+
+def test_axial_and_equatorial_positions_of_a_horizontal_dipole() -> None:
+    m, r = 1e3, 5.0
+    north = field_direction(0, 0)
+    dipole = one_point(0, 0, 10)
+    axial = forward(one_point(r, 0, 10), dipole, m * north[None], direction=north)
+    equatorial = forward(one_point(0, r, 10), dipole, m * north[None], direction=north)
+    assert math.isclose(axial[0], CM * 2 * m / r**3 * NT, rel_tol=1e-12)
+    assert math.isclose(equatorial[0], -CM * m / r**3 * NT, rel_tol=1e-12)
+
+
+def test_contributions_add_up_and_chunks_do_not_matter() -> None:
+    problem = make_problem("small")
+    rec = problem.receivers[::7]
+    whole = problem.forward(rec)
+    halves = np.concatenate([problem.forward(rec[:100]), problem.forward(rec[100:])])
+    tiny_blocks = forward(
+        rec, problem.cells, problem.moments, direction=problem.direction,
+        cell_size=problem.cell_size, block_bytes=1,
+    )
+    assert np.allclose(halves, whole, rtol=1e-12, atol=0)
+    assert np.allclose(tiny_blocks, whole, rtol=1e-12, atol=1e-12)
+    per_cell = sum(
+        forward(rec, problem.cells[k:k + 1], problem.moments[k:k + 1],
+                direction=problem.direction)
+        for k in range(0, len(problem.cells), 37)
+    )
+    every_37th = forward(rec, problem.cells[::37], problem.moments[::37],
+                         direction=problem.direction)
+    assert np.allclose(per_cell, every_37th, rtol=1e-12, atol=1e-9)
+
+
+def test_refinement_is_the_sum_of_explicit_sub_dipoles() -> None:
+    h, s = 4.0, 3
+    cell, moment = one_point(0, 0, 3.5), one_point(2.0, 1.0, 5.0)
+    receiver = one_point(1.0, 0.5, -1.0)  # r = 4.6: s = ceil(3 h / r) = 3
+    refined = forward(receiver, cell, moment, direction=field_direction(60, 10),
+                      cell_size=h, refine_within=3.0, max_refine=8)
+    side = ((np.arange(s) + 0.5) / s - 0.5) * h
+    subs = np.stack(np.meshgrid(side, side, side, indexing="ij"), -1).reshape(-1, 3) + cell
+    explicit = forward(receiver, subs, np.repeat(moment / s**3, s**3, axis=0),
+                       direction=field_direction(60, 10))
+    assert math.isclose(refined[0], explicit[0], rel_tol=1e-12)
+    far = one_point(300.0, 0.0, -1.0)
+    assert forward(far, cell, moment, cell_size=h)[0] == forward(far, cell, moment)[0]
+
+
+def test_refinement_makes_receivers_near_the_body_cost_more() -> None:
+    """What the shuffle balances: refined pairs concentrate over the body's shallow edge."""
+    problem = make_problem("small")
+    r = np.linalg.norm(problem.receivers[:, None, :] - problem.cells[None], axis=2)
+    near_pairs = (r < 8.0 * problem.cell_size).sum(axis=1).reshape(40, 40).sum(axis=1)
+    assert near_pairs.max() > 5 * max(near_pairs.min(), 1)
+
+
+def test_bad_shapes_are_rejected() -> None:
+    with pytest.raises(ValueError, match=r"receivers must have shape \(n, 3\)"):
+        forward(np.zeros(3), np.zeros((1, 3)), np.zeros((1, 3)))
+    with pytest.raises(ValueError, match="moments must have one row per cell"):
+        forward(np.zeros((1, 3)), np.zeros((2, 3)), np.zeros((1, 3)))
+    with pytest.raises(ValueError, match="direction must be a non-zero vector"):
+        forward(np.zeros((1, 3)), np.ones((1, 3)), np.zeros((1, 3)))
+    with pytest.raises(ValueError, match="size must be one of"):
+        make_problem("huge")
+
+
+def test_docstring_examples() -> None:
+    result = doctest.testmod(mepa._demo)
+    assert result.attempted > 0
+    assert result.failed == 0
+
+
+# ------------------------------------------------------------------------------ the run
+
+
+@pytest.mark.parametrize("kind", ["linear", "thread", "process"])
+def test_parallel_equals_serial(kind: str) -> None:
+    out = io.StringIO()
+    result = run_demo(kind, 2, "small", plot=False, file=out, progress=False)
+    assert result.max_relative_error <= 1e-12
+    assert result.anomaly.shape == (40, 40)
+    assert np.allclose(result.anomaly.ravel(), make_problem("small").forward(), rtol=1e-12)
+    assert result.n_workers == 2
+    assert result.image is None
+    text = out.getvalue()
+    assert "max relative error (parallel vs serial)" in text
+    assert "speed-up" in text
+    assert "CPU time:" in text
+    assert result.worker_cpu_seconds > 0
+
+
+@pytest.mark.dask
+@pytest.mark.timeout(120)
+def test_parallel_equals_serial_on_an_embedded_dask_cluster() -> None:
+    pytest.importorskip("distributed")
+    out = io.StringIO()
+    result = run_demo("dask", 2, "small", plot=False, file=out, progress=True)
+    assert result.max_relative_error <= 1e-12
+    assert "DaskExecutor with 2 workers" in out.getvalue()
+
+
+def test_map_and_progress_bar(tmp_path: object, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "maps" / "anomaly.png"  # type: ignore[operator]
+    result = run_demo("thread", 2, "small", plot=True, out=png)
+    assert result.image == png
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    captured = capsys.readouterr()
+    assert f"map written to {png}" in captured.out
+    assert "receivers" in captured.err  # the bar, fed from the workers
+
+
+def test_without_matplotlib_the_map_is_skipped(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.colors", None)
+    out = io.StringIO()
+    png = tmp_path / "anomaly.png"  # type: ignore[operator]
+    result = run_demo("linear", 1, "small", plot=True, out=png, file=out, progress=False)
+    assert result.image is None
+    assert not png.exists()
+    assert "matplotlib is not installed: no map written" in out.getvalue()
+
+
+def test_executor_choices() -> None:
+    with pytest.raises(ValueError, match="executor kind must be one of"):
+        make_executor("gpu")
+    with pytest.raises(ValueError, match="address is only used by the dask executor"):
+        make_executor("thread", address="tcp://127.0.0.1:8786")
+    with pytest.raises(ValueError, match="n_workers sizes the embedded Dask cluster only"):
+        make_executor("dask", 2, address="tcp://127.0.0.1:8786")
+
+
+def test_missing_dask_executor_is_an_import_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "mepa._executors._dask", None)
+    with pytest.raises(ImportError, match="the dask executor is not available"):
+        make_executor("dask")

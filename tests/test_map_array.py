@@ -1,0 +1,216 @@
+"""map_array: same results as a serial call on every executor, structured outputs, checks."""
+
+from __future__ import annotations
+
+import doctest
+import io
+import math
+import re
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+import mepa
+import mepa._map
+from mepa._errors import AllocationError, MepaError
+from mepa._map import CHUNKS_PER_WORKER, map_array
+
+from .executors import EXECUTOR_KINDS, make_executor
+
+pytestmark = pytest.mark.timeout(60)
+
+N_WORKERS = 2
+
+
+@pytest.fixture(scope="module", params=EXECUTOR_KINDS)
+def executor(request: pytest.FixtureRequest) -> Iterator[mepa.Executor]:
+    with make_executor(request.param, N_WORKERS) as ex:
+        yield ex
+
+
+def wave(x: np.ndarray) -> np.ndarray:
+    return np.sin(x) * x
+
+
+def combine(x: np.ndarray, y: np.ndarray, *, scale: float = 1.0, offset: np.ndarray) -> tuple:
+    return (x[:, None] * y * scale + offset, {"norm": np.linalg.norm(y, axis=1), "x": x})
+
+
+def chunk_length(x: np.ndarray) -> np.ndarray:
+    return np.full(len(x), len(x))
+
+
+DATA = np.linspace(-3.0, 3.0, 1001)
+Y = np.random.default_rng(3).normal(size=(1001, 3))
+
+
+# ------------------------------------------------------------------------------ results
+
+
+def test_one_array_equals_serial(executor: mepa.Executor) -> None:
+    assert np.array_equal(map_array(wave, DATA, executor=executor), wave(DATA))
+
+
+def test_several_arrays_and_broadcast_keywords(executor: mepa.Executor) -> None:
+    offset = np.arange(3.0)
+    got = map_array(combine, DATA, Y, executor=executor, scale=2.0, offset=offset)
+    want = combine(DATA, Y, scale=2.0, offset=offset)
+    assert isinstance(got, tuple)
+    assert set(got[1]) == {"norm", "x"}
+    assert np.array_equal(got[0], want[0])
+    assert np.array_equal(got[1]["norm"], want[1]["norm"])
+    assert np.array_equal(got[1]["x"], DATA)
+
+
+@pytest.mark.parametrize("shuffle", [True, 7, np.random.default_rng(5)])
+def test_shuffle_keeps_the_original_order(executor: mepa.Executor, shuffle: object) -> None:
+    got = map_array(combine, DATA, Y, executor=executor, shuffle=shuffle, offset=0.0)
+    assert np.array_equal(got[1]["x"], DATA)
+    assert np.array_equal(got[0], DATA[:, None] * Y)
+
+
+def test_shuffle_with_block_rows(executor: mepa.Executor) -> None:
+    got = map_array(wave, DATA, executor=executor, shuffle=1, block_rows=10)
+    assert np.array_equal(got, wave(DATA))
+
+
+def test_progress_bar_counts_rows_in_several_chunks_per_worker(executor: mepa.Executor) -> None:
+    out = io.StringIO()
+    got = map_array(
+        chunk_length, DATA, executor=executor, progress={"file": out, "desc": "rows done"}
+    )
+    n_chunks = CHUNKS_PER_WORKER * N_WORKERS
+    assert set(np.unique(got)) <= {len(DATA) // n_chunks, math.ceil(len(DATA) / n_chunks)}
+    text = out.getvalue()
+    assert "rows done" in text
+    assert f"{len(DATA)}/{len(DATA)}" in text
+    assert "row/s" in text
+
+
+def test_progress_true_writes_to_stderr(
+    executor: mepa.Executor, capsys: pytest.CaptureFixture[str]
+) -> None:
+    got = map_array(wave, DATA, executor=executor, progress=True, shuffle=True)
+    assert np.array_equal(got, wave(DATA))
+    assert f"{len(DATA)}/{len(DATA)}" in capsys.readouterr().err
+
+
+def test_list_inputs_and_empty_arrays(executor: mepa.Executor) -> None:
+    assert np.array_equal(map_array(np.negative, [1, 2, 3], executor=executor), [-1, -2, -3])
+    empty = map_array(wave, np.zeros(0), executor=executor)
+    assert empty.shape == (0,)
+
+
+def test_sub_executor() -> None:
+    with mepa.ThreadExecutor(3) as ex:
+        sub = ex.extract_by_name("thread-1")
+        assert np.array_equal(map_array(wave, DATA, executor=sub, progress={"disable": True}),
+                              wave(DATA))
+
+
+def test_default_executor_is_a_process_executor_per_call() -> None:
+    got = map_array(combine, DATA, Y, offset=1.0, shuffle=True)
+    assert np.array_equal(got[0], DATA[:, None] * Y + 1.0)
+
+
+def test_docstring_example() -> None:
+    result = doctest.testmod(mepa._map, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0
+    assert result.failed == 0
+
+
+# ------------------------------------------------------------------------------ errors
+
+
+def needs_two(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return x + y
+
+
+def wrong_length(x: np.ndarray) -> np.ndarray:
+    return x[:-1]
+
+
+def fails(x: np.ndarray) -> np.ndarray:
+    raise ZeroDivisionError("no rows for you")
+
+
+def scalar(x: np.ndarray) -> float:
+    return float(x.sum())
+
+
+BAD_CALLS = [
+    pytest.param((42, DATA), {}, TypeError, "fn must be callable, got int: 42", id="fn"),
+    pytest.param((wave,), {}, AllocationError, "needs at least one array after fn", id="none"),
+    pytest.param(
+        (needs_two, DATA, 5), {}, AllocationError,
+        r"arrays\[1\] must be an array with at least one dimension, got int 5; pass values "
+        "shared by every chunk as keywords", id="scalar",
+    ),
+    pytest.param(
+        (needs_two, DATA, DATA[:-1]), {}, AllocationError,
+        r"same number of rows, got lengths \[1001, 1000\]", id="lengths",
+    ),
+    pytest.param(
+        (needs_two, DATA), {"y": 1, "x": 2}, TypeError,
+        r"broadcast keyword\(s\) \['x'\] name parameter\(s\) of needs_two that already receive "
+        r"the array chunks \['x'\]", id="clash",
+    ),
+    pytest.param(
+        (wave, DATA), {"nope": 1}, TypeError, r"wave\(x: 'np.ndarray'\) -> 'np.ndarray' cannot "
+        r"be called with 1 array chunk\(s\) and keywords \['nope'\]", id="unbindable",
+    ),
+    pytest.param(
+        (wave, DATA), {"executor": "process"}, TypeError,
+        "executor must be a mepa Executor or None, got str", id="executor",
+    ),
+    pytest.param(
+        (wave, DATA), {"progress": "yes"}, TypeError,
+        "progress must be a bool or a dict of tqdm options, got str", id="progress",
+    ),
+    pytest.param(
+        (wave, DATA), {"shuffle": -1}, AllocationError, "shuffle seed must be >= 0, got -1",
+        id="shuffle",
+    ),
+    pytest.param(
+        (wave, mepa.arrange(DATA, 2)), {}, AllocationError,
+        r"arrays\[0\] must be an array, got an Allocation", id="allocation",
+    ),
+]
+
+
+@pytest.mark.parametrize(("args", "kwargs", "error", "message"), BAD_CALLS)
+def test_bad_inputs_are_rejected_before_any_task(
+    args: tuple, kwargs: dict, error: type[Exception], message: str
+) -> None:
+    with mepa.LinearExecutor(2) as ex:
+        kwargs = {"executor": ex, **kwargs}
+        with pytest.raises(error, match=message):
+            map_array(*args, **kwargs)
+
+
+def test_data_errors_are_mepa_errors() -> None:
+    with pytest.raises(MepaError):
+        map_array(wave)
+
+
+@pytest.mark.parametrize(
+    ("fn", "error", "message"),
+    [
+        (wrong_length, AllocationError, r"must have the \d+ rows of chunk 0, got \d+ rows"),
+        (scalar, AllocationError, "got a 0-d value"),
+        (fails, ZeroDivisionError, "no rows for you"),
+    ],
+)
+def test_bad_results_and_task_errors(
+    executor: mepa.Executor, fn: object, error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        map_array(fn, DATA, executor=executor)  # type: ignore[arg-type]
+    with pytest.raises(error, match=message):
+        map_array(fn, DATA, executor=executor, progress={"disable": True})  # type: ignore[arg-type]
+
+
+def test_builtin_without_signature_is_not_checked_early() -> None:
+    with mepa.LinearExecutor(1) as ex, pytest.raises(TypeError, match=re.escape("nope")):
+        map_array(np.add, DATA, DATA, executor=ex, nope=1)
