@@ -53,9 +53,11 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import io
 import itertools
 import mmap
 import os
+import pickle
 import secrets
 import threading
 import time
@@ -64,6 +66,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+import cloudpickle
 import numpy as np
 import numpy.typing as npt
 
@@ -81,11 +84,17 @@ __all__ = [
     "SegmentPool",
     "SegmentRef",
     "SharedArray",
+    "SharedResult",
     "decode_args",
     "decode_result",
+    "dumps_result",
+    "dumps_shared",
     "encode_args",
     "encode_result",
     "list_segments",
+    "loads_result",
+    "loads_shared",
+    "run_payload",
     "run_shared",
     "shared_nbytes",
     "sweep_stale_segments",
@@ -854,18 +863,13 @@ def encode_args(
         The tree to pickle, and the leases to release when the task's future is done.
     """
     leases: list[Lease] = []
+    share = _argument_sharer(pool, threshold, leases)
 
     def encode(leaf: Any) -> Any:
-        if isinstance(leaf, SharedArray) or not _is_candidate(leaf, 1):
+        if isinstance(leaf, SharedArray):
             return leaf
-        handle = pool.lookup(leaf)  # in place, whatever its size
-        if handle is None:
-            if leaf.nbytes < threshold:
-                return leaf
-            handle = pool.share(leaf)
-        assert handle.lease is not None
-        leases.append(handle.lease)
-        return handle
+        handle = share(leaf)
+        return leaf if handle is None else handle
 
     try:
         encoded = tree_map(encode, tree)
@@ -874,6 +878,26 @@ def encode_args(
             lease.release()
         raise
     return encoded, leases
+
+
+def _argument_sharer(
+    pool: SegmentPool, threshold: int, leases: list[Lease]
+) -> Callable[[Any], SharedArray | None]:
+    """What to send for an argument: a handle (its lease added to ``leases``) or ``None``."""
+
+    def share(leaf: Any) -> SharedArray | None:
+        if not _is_candidate(leaf, 1):
+            return None
+        handle = pool.lookup(leaf)  # in place, whatever its size
+        if handle is None:
+            if leaf.nbytes < threshold:
+                return None
+            handle = pool.share(leaf)
+        assert handle.lease is not None
+        leases.append(handle.lease)
+        return handle
+
+    return share
 
 
 def decode_args(tree: Any) -> Any:
@@ -905,12 +929,30 @@ def encode_result(
     :meth:`SegmentPool.cleanup_leftovers` if this worker dies first.
     """
     created: list[str] = []
-    used = 0
+    place = _result_placer(prefix, threshold, slot, created)
 
     def encode(leaf: Any) -> Any:
+        handle = place(leaf)
+        return leaf if handle is None else handle
+
+    try:
+        return tree_map(encode, tree)
+    except BaseException:
+        for name in created:
+            _unlink(name)
+        raise
+
+
+def _result_placer(
+    prefix: str, threshold: int, slot: SegmentRef | None, created: list[str]
+) -> Callable[[Any], SharedArray | None]:
+    """In the worker: where a result array goes (slot or new segment), or ``None`` to pickle."""
+    used = 0
+
+    def place(leaf: Any) -> SharedArray | None:
         nonlocal used
         if not _is_candidate(leaf, threshold):
-            return leaf
+            return None
         array: NDArray = leaf
         if slot is not None:
             start = -(-used // _ALIGN) * _ALIGN
@@ -928,12 +970,7 @@ def encode_result(
         finally:
             del mapping
 
-    try:
-        return tree_map(encode, tree)
-    except BaseException:
-        for name in created:
-            _unlink(name)
-        raise
+    return place
 
 
 def _copy_into(buffer: NDArray, offset: int, array: NDArray, name: str, kind: Kind) -> SharedArray:
@@ -975,32 +1012,46 @@ def decode_result(
     collected). A :class:`Lease` slot is consumed either way: do not reuse it; an
     :class:`OutputBuffer` is shared by the tasks it serves.
     """
-    owner: NDArray | None = slot.owner if isinstance(slot, OutputBuffer) else None
     pending = [leaf.name for leaf in _handles(tree) if leaf.kind == "result"]
+    take = _ResultTaker(slot)
 
     def decode(leaf: Any) -> Any:
-        nonlocal owner
-        if not isinstance(leaf, SharedArray):
-            return leaf
-        if leaf.kind == "result":
-            mapping = _open(leaf.name)
-            _unlink(leaf.name)
-            _populate(mapping, 0, len(mapping))
-            return _view(np.frombuffer(mapping, np.uint8), leaf)
-        if slot is not None and leaf.name == slot.name:
-            if owner is None:
-                assert isinstance(slot, Lease)
-                owner = _owned_view(slot.transfer(), slot.size)
-            return _view(owner, leaf)
-        return leaf.open()
+        return take(leaf) if isinstance(leaf, SharedArray) else leaf
 
     try:
         return tree_map(decode, tree)
     finally:
         for name in pending:
             _unlink(name)
-        if isinstance(slot, Lease):
-            slot.release()
+        take.done()
+
+
+class _ResultTaker:
+    """On the host: turn result handles into arrays that own their segment."""
+
+    def __init__(self, slot: Lease | OutputBuffer | None) -> None:
+        self.slot = slot
+        self.owner: NDArray | None = slot.owner if isinstance(slot, OutputBuffer) else None
+        self.seen: list[str] = []
+
+    def __call__(self, leaf: SharedArray) -> NDArray:
+        slot = self.slot
+        if leaf.kind == "result":
+            self.seen.append(leaf.name)
+            mapping = _open(leaf.name)
+            _unlink(leaf.name)
+            _populate(mapping, 0, len(mapping))
+            return _view(np.frombuffer(mapping, np.uint8), leaf)
+        if slot is not None and leaf.name == slot.name:
+            if self.owner is None:
+                assert isinstance(slot, Lease)
+                self.owner = _owned_view(slot.transfer(), slot.size)
+            return _view(self.owner, leaf)
+        return leaf.open()
+
+    def done(self) -> None:
+        if isinstance(self.slot, Lease):
+            self.slot.release()
 
 
 def shared_nbytes(tree: Any) -> int:
@@ -1024,6 +1075,132 @@ def _handles(tree: Any) -> list[SharedArray]:
 
     tree_map(visit, tree)
     return found
+
+
+# -- pickling with shared arrays ------------------------------------------------------------
+#
+# The process executor pickles a task itself, with a pickler that sends every NumPy array it
+# meets (in arguments, inside the user's own objects, in closures) through shared memory when
+# it is large or already shared. The C pickler finds the arrays: no Python walk over the
+# arguments, which for ``map`` batches of many small items would cost more than the pickling.
+
+
+class _SharingPickler(cloudpickle.Pickler):
+    """cloudpickle, with NumPy arrays replaced by shared-memory handles where ``share`` says."""
+
+    def __init__(self, file: io.BytesIO, share: Callable[[Any], SharedArray | None]) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self._share = share
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is np.ndarray or type(obj) is np.memmap:
+            handle = self._share(obj)
+            if handle is not None:
+                return _rebuild_array, (
+                    handle.name, handle.offset, handle.shape, handle.dtype, handle.strides,
+                    handle.writeable, handle.kind,
+                )
+        return super().reducer_override(obj)
+
+
+_decoding = threading.local()
+
+
+def _rebuild_array(
+    name: str, offset: int, shape: tuple[int, ...], dtype: np.dtype[Any],
+    strides: tuple[int, ...], writeable: bool, kind: Kind,
+) -> NDArray:
+    handle = SharedArray(name, offset, shape, dtype, strides, writeable, kind)
+    taker: _ResultTaker | None = getattr(_decoding, "taker", None)
+    if taker is not None:
+        return taker(handle)
+    return handle.open()
+
+
+def dumps_shared(
+    obj: Any, pool: SegmentPool, threshold: int = DEFAULT_THRESHOLD
+) -> tuple[bytes, list[Lease]]:
+    """On the host: pickle ``obj`` (a task), its arrays sent as in :func:`encode_args`.
+
+    Returns
+    -------
+    payload, leases
+        The bytes for the worker (:func:`loads_shared`), and the leases to release when the
+        task is done.
+    """
+    leases: list[Lease] = []
+    buffer = io.BytesIO()
+    try:
+        _SharingPickler(buffer, _argument_sharer(pool, threshold, leases)).dump(obj)
+    except BaseException:
+        for lease in leases:
+            lease.release()
+        raise
+    return buffer.getvalue(), leases
+
+
+def loads_shared(payload: bytes) -> Any:
+    """In the worker: unpickle a task; its shared arrays become views of their segments."""
+    return pickle.loads(payload)
+
+
+def dumps_result(
+    obj: Any, prefix: str, threshold: int = DEFAULT_THRESHOLD, slot: SegmentRef | None = None
+) -> bytes:
+    """In the worker: pickle a result, its large arrays placed as in :func:`encode_result`."""
+    created: list[str] = []
+    buffer = io.BytesIO()
+    try:
+        _SharingPickler(buffer, _result_placer(prefix, threshold, slot, created)).dump(obj)
+    except BaseException:
+        for name in created:
+            _unlink(name)
+        raise
+    return buffer.getvalue()
+
+
+def loads_result(
+    payload: bytes, pool: SegmentPool, slot: Lease | OutputBuffer | None = None
+) -> Any:
+    """On the host: unpickle a result of :func:`dumps_result`, taking its segments over.
+
+    Arrays in worker segments own their mapping (the name is unlinked at once); arrays in the
+    result ``slot`` are views of the pool's segment, as in :func:`decode_result`.
+    """
+    del pool  # the slot and the segment names carry everything needed
+    taker = _ResultTaker(slot)
+    _decoding.taker = taker
+    try:
+        return pickle.loads(payload)
+    finally:
+        _decoding.taker = None
+        taker.done()
+
+
+class SharedResult:
+    """A task's result pickled by :func:`dumps_result`: opaque bytes for the engine."""
+
+    __slots__ = ("payload",)
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (SharedResult, (self.payload,))
+
+
+def run_payload(
+    payload: bytes, prefix: str, threshold: int = DEFAULT_THRESHOLD,
+    slot: SegmentRef | None = None,
+) -> SharedResult:
+    """The loky task for a payload of :func:`dumps_shared` holding ``(fn, args, kwargs)``."""
+    try:
+        fn, args, kwargs = loads_shared(payload)
+        result = fn(*args, **kwargs)
+        del fn, args, kwargs
+        return SharedResult(dumps_result(result, prefix, threshold, slot))
+    finally:
+        _trim_attached(WORKER_CACHE_BYTES)
 
 
 def run_shared(

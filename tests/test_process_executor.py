@@ -119,10 +119,19 @@ CTRL_C_SCRIPT = textwrap.dedent(
             print("interrupted after", round(time.monotonic() - t0, 1))
         stopped = sum(f.cancelled() or f.exception(timeout=30) is not None for f in futures)
         print("stopped", stopped)
+    def live_workers():
+        found = []
+        for p in psutil.Process().children(recursive=True):
+            try:
+                if p.status() != psutil.STATUS_ZOMBIE and "popen_loky" in " ".join(p.cmdline()):
+                    found.append(p)
+            except psutil.Error:
+                pass  # gone meanwhile
+        return found
+
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        workers = [p for p in psutil.Process().children(recursive=True)
-                   if "popen_loky" in " ".join(p.cmdline())]
+        workers = live_workers()
         if not workers:
             break
         time.sleep(0.2)

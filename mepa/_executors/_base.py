@@ -310,15 +310,15 @@ class Executor(ABC):
     ) -> None:
         root = self._root()
         root._track(future)
-        call, call_args, call_kwargs = root._prepare_call(fn, args, kwargs, future)
         try:
+            call, call_args, call_kwargs = root._prepare_call(fn, args, kwargs, future)
             engine = root._engine_submit(call, call_args, call_kwargs, future.worker)
         except ExecutorShutdownError:
             root._task_finished(future)
             raise
         except Exception as exc:  # noqa: BLE001 - the engine refused the task: its error
             root._task_finished(future)
-            future.set_exception(exc)
+            _set_exception(future, root._translate_error(exc, future))
             return
         chain_cancel(future, engine)
         engine.add_done_callback(functools.partial(root._settle, future))
@@ -358,7 +358,7 @@ class Executor(ABC):
                     return
                 exc = dep.exception()
                 if exc is not None:
-                    future.set_exception(exc)
+                    _set_exception(future, exc)
                     return
             try:
                 self._check_open()
@@ -459,7 +459,7 @@ class Executor(ABC):
         *iterables
             Iterables of arguments, zipped as by :func:`map`.
         chunksize
-            Items per task; ``None`` picks about four batches per worker.
+            Items per task; ``None`` picks two batches per worker.
         timeout
             Seconds to wait in all.
 
@@ -501,7 +501,7 @@ class Executor(ABC):
     ) -> list[TaskFuture[list[R]]]:
         self._check_open()
         if chunksize is None:
-            chunksize = max(1, math.ceil(len(items) / (4 * self.get_n_workers())))
+            chunksize = max(1, math.ceil(len(items) / (2 * self.get_n_workers())))
         elif isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
             raise ValueError(f"chunksize must be a positive int or None, got {chunksize!r}")
         runner = _run_star_batch if star else _run_batch

@@ -34,9 +34,10 @@ from .._shm import (
     SegmentPool,
     SegmentRef,
     SharedArray,
-    decode_result,
-    encode_args,
-    run_shared,
+    SharedResult,
+    dumps_shared,
+    loads_result,
+    run_payload,
 )
 from .._tree import tree_map
 from .._worker import Worker, make_workers, physical_cores
@@ -134,35 +135,25 @@ class ProcessExecutor(Executor):
     ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
         from .._events import run_task
 
-        hint: _ChunkHint | None = future._hint
-        if self._threshold is None or not (
-            hint is not None or _has_arrays(args) or _has_arrays(kwargs)
-        ):
+        if self._threshold is None:
             return run_task, (fn, *args), kwargs
-        pool = self._pool()
-        encoded_args, leases = encode_args(args, pool, self._threshold)
-        try:
-            encoded_kwargs, more = encode_args(kwargs, pool, self._threshold)
-        except BaseException:
-            for lease in leases:
-                lease.release()
-            raise
-        leases.extend(more)
+        hint: _ChunkHint | None = future._hint
         slot: SegmentRef | None = None
         output: OutputBuffer | None = None
         if hint is not None:
             fn = _ChunkCall(fn)
             slot, output = hint.slot, hint.output
+        pool = self._pool()
+        payload, leases = dumps_shared((fn, args, kwargs), pool, self._threshold)
         future._transport = (leases, output)
-        return run_task, (run_shared, fn, encoded_args, encoded_kwargs, pool.prefix,
-                          self._threshold, slot), {}
+        return run_task, (run_payload, payload, pool.prefix, self._threshold, slot), {}
 
     def _decode_result(self, future: TaskFuture[Any], value: Any) -> Any:
         transport = future._transport
-        if transport is None:
+        if not isinstance(value, SharedResult) or transport is None:
             return value
         _, output = transport
-        return decode_result(value, self._pool(), output)
+        return loads_result(value.payload, self._pool(), output)
 
     def _task_finished(self, future: TaskFuture[Any]) -> None:
         transport, future._transport = future._transport, None
@@ -449,17 +440,6 @@ class _ChunkCall:
             return leaf.resolve() if isinstance(leaf, _SharedChunk) else leaf
 
         return self.fn(*tree_map(resolve, args), **tree_map(resolve, kwargs))
-
-
-def _has_arrays(tree: Any) -> bool:
-    """Whether ``tree`` (lists, tuples, dicts) holds a NumPy array anywhere."""
-    if isinstance(tree, np.ndarray):
-        return True
-    if isinstance(tree, (list, tuple)):
-        return any(_has_arrays(x) for x in tree)
-    if isinstance(tree, dict):
-        return any(_has_arrays(x) for x in tree.values())
-    return False
 
 
 def _first_exit_code(text: str) -> int | None:
