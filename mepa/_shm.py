@@ -1085,7 +1085,7 @@ def _handles(tree: Any) -> list[SharedArray]:
 # arguments, which for ``map`` batches of many small items would cost more than the pickling.
 
 
-class _SharingPickler(cloudpickle.Pickler):
+class _SharingPickler(cloudpickle.Pickler):  # type: ignore[misc]  # untyped base
     """cloudpickle, with NumPy arrays replaced by shared-memory handles where ``share`` says."""
 
     def __init__(self, file: io.BytesIO, share: Callable[[Any], SharedArray | None]) -> None:
