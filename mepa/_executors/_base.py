@@ -90,6 +90,9 @@ class Executor(ABC):
         """Wrap a task before it goes to the engine; the default adds the events wrapper."""
         from .._events import run_task
 
+        hint = future._hint
+        if isinstance(hint, ChunkHint):
+            fn = hint.wrap(fn)
         return run_task, (fn, *args), kwargs
 
     def _settle(
@@ -692,6 +695,49 @@ class Executor(ABC):
         return f"<{type(self).__name__} {state}, {len(self._workers)} workers>"
 
 
+class LazyChunk:
+    """A chunk argument the task itself takes from the data, where it runs.
+
+    Gathering a shuffled chunk copies its rows; done inside the tasks, the copies of all
+    chunks run in parallel instead of one after the other in the caller.
+    """
+
+    __slots__ = ()
+
+    def resolve(self) -> Any:
+        """The chunk."""
+        raise NotImplementedError
+
+
+class _LocalChunk(LazyChunk):
+    __slots__ = ("alloc", "index")
+
+    def __init__(self, alloc: Allocation, index: int) -> None:
+        self.alloc = alloc
+        self.index = index
+
+    def resolve(self) -> Any:
+        return self.alloc[self.index]
+
+
+class ChunkCall:
+    """Call ``fn`` with every :class:`LazyChunk` argument replaced by its chunk."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ChunkCall, (self.fn,))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        def resolve(leaf: Any) -> Any:
+            return leaf.resolve() if isinstance(leaf, LazyChunk) else leaf
+
+        return self.fn(*tree_map(resolve, args), **tree_map(resolve, kwargs))
+
+
 class DistributePlan:
     """What an engine prepared for one ``distribute`` call (e.g. data put in shared memory).
 
@@ -705,6 +751,16 @@ class DistributePlan:
 
     def finish(self, futures: Sequence[concurrent.futures.Future[Any]]) -> None:
         """Release what the plan holds once ``futures`` are done."""
+
+
+class ChunkHint:
+    """How chunk ``i``'s task is wrapped before it runs (see :meth:`DistributePlan.hint`)."""
+
+    __slots__ = ()
+
+    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """The callable to run instead of ``fn``."""
+        return fn
 
 
 class SubExecutor(Executor):

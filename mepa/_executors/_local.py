@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from .._allocation import Allocation
 from .._worker import Worker, make_workers, physical_cores
-from ._base import Executor
+from ._base import ChunkCall, ChunkHint, DistributePlan, Executor, _LocalChunk
+
+if TYPE_CHECKING:
+    from .._shm import OutputBuffer, SegmentPool
+
+# Outputs of at least this many bytes are written by the threads into one pooled buffer.
+_POOLED_OUTPUT_BYTES = 1 << 20
 
 __all__ = ["LinearExecutor", "ThreadExecutor"]
 
@@ -76,6 +86,8 @@ class ThreadExecutor(Executor):
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=len(self.workers), thread_name_prefix="mepa-thread"
         )
+        self._buffers: SegmentPool | None = None
+        self._buffers_lock = threading.Lock()
 
     def shares_memory(self) -> bool:
         """Tasks run in the host's memory: ``True``."""
@@ -89,6 +101,78 @@ class ThreadExecutor(Executor):
 
     def _engine_shutdown(self, wait: bool) -> None:
         self._pool.shutdown(wait=wait, cancel_futures=not wait)
+        with self._buffers_lock:
+            buffers, self._buffers = self._buffers, None
+        if buffers is not None:
+            buffers.close()
 
-    def _interrupt(self, pending: list[concurrent.futures.Future[Any]]) -> None:
-        super()._interrupt(pending)
+    def _plan_distribute(self, allocations: list[Allocation]) -> DistributePlan | None:
+        return _ThreadPlan(self, allocations)
+
+    def _chunk_argument(self, alloc: Allocation, i: int, plan: DistributePlan | None) -> Any:
+        if alloc.shuffled:
+            return _LocalChunk(alloc, i)  # gathered by the thread, in parallel with the others
+        return alloc[i]
+
+    def _output_buffer(self, nbytes: int) -> OutputBuffer:
+        from .._shm import OutputBuffer, SegmentPool
+
+        with self._buffers_lock:
+            if self._buffers is None:
+                self._buffers = SegmentPool()
+            buffers = self._buffers
+        return OutputBuffer(buffers.lease(nbytes))
+
+
+class _ThreadPlan(DistributePlan):
+    """Threads take their shuffled chunks and write their results into one pooled output.
+
+    When chunk results match the data's row shape and dtype, each thread copies its result
+    into the rows of one output buffer that sit where :meth:`~mepa.Allocation.reassemble`
+    expects them (unshuffled), so reassembling returns that buffer without a copy. The buffer
+    is pooled memory, already paged in, and returns to the pool with the last view of it.
+    """
+
+    def __init__(self, executor: ThreadExecutor, allocations: list[Allocation]) -> None:
+        first = allocations[0]
+        template = first.arrays[0]
+        self._regions: list[np.ndarray[Any, Any] | None] = [None] * len(first)
+        if first.shuffled or template.dtype.hasobject or template.ndim == 0:
+            return
+        nbytes = template.nbytes
+        if nbytes < _POOLED_OUTPUT_BYTES:
+            return
+        output = executor._output_buffer(nbytes)
+        whole = output.owner[:nbytes].view(template.dtype).reshape(template.shape)
+        for i, (offset, size) in enumerate(zip(first.offsets, first.sizes, strict=True)):
+            self._regions[i] = whole[offset:offset + size]
+
+    def hint(self, i: int) -> ChunkHint:
+        return _ThreadHint(self._regions[i])
+
+
+class _ThreadHint(ChunkHint):
+    __slots__ = ("region",)
+
+    def __init__(self, region: np.ndarray[Any, Any] | None) -> None:
+        self.region = region
+
+    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        call = ChunkCall(fn)
+        region = self.region
+        if region is None:
+            return call
+
+        def place(*args: Any, **kwargs: Any) -> Any:
+            result = call(*args, **kwargs)
+            if (
+                type(result) is np.ndarray
+                and result.shape == region.shape
+                and result.dtype == region.dtype
+                and not np.shares_memory(result, region)
+            ):
+                np.copyto(region, result)
+                return region
+            return result
+
+        return place

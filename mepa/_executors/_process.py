@@ -39,9 +39,8 @@ from .._shm import (
     loads_result,
     run_payload,
 )
-from .._tree import tree_map
 from .._worker import Worker, make_workers, physical_cores
-from ._base import DistributePlan, Executor
+from ._base import ChunkCall, DistributePlan, Executor, LazyChunk
 from ._futures import TaskFuture
 
 __all__ = ["ProcessExecutor"]
@@ -141,7 +140,7 @@ class ProcessExecutor(Executor):
         slot: SegmentRef | None = None
         output: OutputBuffer | None = None
         if hint is not None:
-            fn = _ChunkCall(fn)
+            fn = ChunkCall(fn)
             slot, output = hint.slot, hint.output
         pool = self._pool()
         payload, leases = dumps_shared((fn, args, kwargs), pool, self._threshold)
@@ -404,7 +403,7 @@ class _SharedPlan(DistributePlan):
             lease.release()
 
 
-class _SharedChunk:
+class _SharedChunk(LazyChunk):
     """A chunk to take, in the worker, from allocation data in shared memory."""
 
     __slots__ = ("many", "selection", "sources")
@@ -422,24 +421,6 @@ class _SharedChunk:
     def resolve(self) -> Any:
         pieces = tuple(self.selection.take(source.open()) for source in self.sources)
         return pieces if self.many else pieces[0]
-
-
-class _ChunkCall:
-    """In the worker: replace :class:`_SharedChunk` arguments by their chunks, call ``fn``."""
-
-    __slots__ = ("fn",)
-
-    def __init__(self, fn: Callable[..., Any]) -> None:
-        self.fn = fn
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_ChunkCall, (self.fn,))
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        def resolve(leaf: Any) -> Any:
-            return leaf.resolve() if isinstance(leaf, _SharedChunk) else leaf
-
-        return self.fn(*tree_map(resolve, args), **tree_map(resolve, kwargs))
 
 
 def _first_exit_code(text: str) -> int | None:
