@@ -326,3 +326,115 @@ def test_thread_safety_of_submit(executor):
     for t in threads:
         t.join(timeout=60)
     assert sorted(results) == sorted(i * i for i in range(30))
+
+
+# ---------------------------------------------------------------------------- events and progress
+
+N_FIRES = 100_000
+
+
+def fire_many(ctx, worker_id, n):
+    for i in range(n):
+        ctx.fire(worker_id, i)
+    return worker_id
+
+
+def test_every_event_arrives_in_order_before_gather_returns(executor):
+    seen = {0: [], 1: []}
+
+    def record(worker_id, i):
+        seen[worker_id].append(i)
+
+    ctx = executor.register(record)
+    futures = [executor.submit_to(w, fire_many, ctx, k, N_FIRES) for k, w in
+               enumerate(executor.workers)]
+    assert executor.gather(futures, timeout=120) == [0, 1]
+    # nothing is lost, nothing arrives late: counted the moment gather returns
+    assert len(seen[0]) == len(seen[1]) == N_FIRES
+    assert seen[0] == list(range(N_FIRES))
+    assert seen[1] == list(range(N_FIRES))
+
+
+def fire_then_fail(ctx, n):
+    for i in range(n):
+        ctx.fire(i)
+    raise RuntimeError("after firing")
+
+
+def test_events_of_a_failed_task_arrive_before_its_error(executor):
+    got = []
+    ctx = executor.register(got.append)
+    with pytest.raises(RuntimeError, match="after firing"):
+        executor.gather(executor.submit(fire_then_fail, ctx, 500), timeout=60)
+    assert got == list(range(500))
+
+
+def test_a_raising_callback_loses_nothing(executor, caplog):
+    got = []
+
+    def picky(i):
+        if i % 100 == 0:
+            raise ValueError(f"callback rejects {i}")
+        got.append(i)
+
+    ctx = executor.register(picky)
+    executor.gather(executor.submit(fire_many_single, ctx, 1_000), timeout=60)
+    assert got == [i for i in range(1_000) if i % 100]
+    assert "callback rejects 500" in caplog.text
+
+
+def fire_many_single(ctx, n):
+    for i in range(n):
+        ctx.fire(i)
+
+
+def test_named_events_and_off(executor):
+    a, b = [], []
+    ctx = executor.on("step", a.append)
+    executor.on("step", b.append)
+    executor.gather(executor.submit(fire_many_single, ctx, 10), timeout=60)
+    assert a == b == list(range(10))
+    executor.off("step", b.append)
+    executor.gather(executor.submit(fire_many_single, ctx, 3), timeout=60)
+    assert a == [*range(10), *range(3)]
+    assert b == list(range(10))
+
+
+def count_with_progress(progress, chunk):
+    out = []
+    for value in progress.iters(chunk):
+        out.append(value + 1)
+    return np.asarray(out)
+
+
+def test_progress_bar_fed_by_tasks_reaches_its_total(executor):
+    import io
+
+    stream = io.StringIO()
+    progress = executor.progress(file=stream, mininterval=0, desc="rows")
+    data = np.arange(5_000)
+    alloc = executor.arrange(data, shuffle=True)
+    futures = executor.distribute(count_with_progress, progress, alloc)
+    result = alloc.reassemble(executor.gather(futures, timeout=120))
+    np.testing.assert_array_equal(result, data + 1)
+    assert progress.n == progress.total == 5_000
+    progress.close()
+    assert "5000/5000" in stream.getvalue()
+
+
+def update_many(progress, n):
+    for _ in range(n):
+        progress.update(1)
+    return n
+
+
+def test_sequential_tasks_drop_no_update(executor):
+    import io
+
+    stream = io.StringIO()
+    progress = executor.progress(total=3 * 20_000, file=stream, mininterval=0)
+    for _ in range(3):  # one task finishes before the next starts
+        executor.gather(executor.submit(update_many, progress, 20_000), timeout=60)
+    assert progress.n == 60_000
+    progress.close()
+    assert "60000/60000" in stream.getvalue()
