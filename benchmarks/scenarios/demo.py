@@ -1,8 +1,11 @@
 """Scenario ``demo``: the computations of ``mepa._demo``, against joblib doing the same.
 
-``mepa._demo`` does not exist yet. Each :class:`DemoCase` below names a function of that module
-and gives the same computation serially and with joblib. While the module (or a function) is
-missing, the mepa variant is skipped with a note and the serial and joblib variants still run.
+``magnetic`` is the demo's forward model (total-field anomaly of a dipping slab, with adaptive
+refinement near the body, so the cost per receiver varies across the grid) at the demo's
+default size: serial, mepa (``arrange(shuffle=True)`` / ``distribute`` / ``reassemble`` on a
+ProcessExecutor) and joblib over the same seeded permutation. ``pi`` is a small Monte Carlo
+through ``map``. Each :class:`DemoCase` names the function of ``mepa._demo`` it needs; if it is
+missing the mepa variant is skipped with a note and the serial and joblib variants still run.
 
 Wiring a new demo function
 --------------------------
@@ -48,8 +51,61 @@ def _pi_joblib(parallel: Any, p: dict[str, int]) -> float:
 
 
 def _pi_mepa(demo: Any, ex: Any, p: dict[str, int]) -> float:
-    # WIRE HERE: adapt to the real signature of the demo function once it exists.
-    return float(demo.estimate_pi(p["chunks"] * p["per_chunk"], executor=ex))
+    del demo  # the same Monte Carlo kernel, through mepa's map
+    hits = sum(ex.map(pi_chunk, range(p["chunks"]), [p["per_chunk"]] * p["chunks"]))
+    return 4.0 * hits / (p["chunks"] * p["per_chunk"])
+
+
+_PROBLEMS: dict[int, Any] = {}
+
+
+def _problem(p: dict[str, int]) -> Any:
+    """The demo's magnetic problem at size ``p["size"]`` (0 small, 1 default), built once."""
+    key = p["size"]
+    if key not in _PROBLEMS:
+        from mepa._demo import make_problem
+
+        _PROBLEMS[key] = make_problem("small" if key == 0 else "default")
+    return _PROBLEMS[key]
+
+
+def _magnetic_serial(p: dict[str, int]) -> object:
+    return _problem(p).forward()
+
+
+def _magnetic_joblib(parallel: Any, p: dict[str, int]) -> object:
+    from joblib import delayed
+
+    from mepa._demo import forward
+
+    prob = _problem(p)
+    # The same load balancing as mepa's: a seeded permutation, one chunk per worker.
+    order = np.random.default_rng(0).permutation(len(prob.receivers))
+    chunks = np.array_split(order, p["workers"])
+    parts = parallel(
+        delayed(forward)(
+            prob.receivers[rows], prob.cells, prob.moments, direction=prob.direction,
+            cell_size=prob.cell_size,
+        )
+        for rows in chunks
+    )
+    out = np.empty(len(prob.receivers))
+    for rows, part in zip(chunks, parts, strict=True):
+        out[rows] = part
+    return out
+
+
+def _magnetic_mepa(demo: Any, ex: Any, p: dict[str, int]) -> object:
+    prob = _problem(p)
+    alloc = ex.arrange(prob.receivers, shuffle=True)
+    futures = ex.distribute(
+        demo.forward_task, alloc, prob.cells, prob.moments, prob.direction, prob.cell_size
+    )
+    return alloc.reassemble(ex.gather(futures))
+
+
+def _same_field(a: object, b: object) -> bool:
+    return bool(np.allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-9))
 
 
 @dataclass(frozen=True)
@@ -81,8 +137,17 @@ class DemoCase:
 
 CASES: tuple[DemoCase, ...] = (
     DemoCase(
+        name="magnetic",
+        function="forward_task",
+        params=lambda cfg: {"size": cfg.size(1, 0), "workers": cfg.workers},
+        serial=_magnetic_serial,
+        joblib_call=_magnetic_joblib,
+        mepa_call=_magnetic_mepa,
+        same=_same_field,
+    ),
+    DemoCase(
         name="pi",
-        function="estimate_pi",
+        function="forward_task",
         params=lambda cfg: {"chunks": 16, "per_chunk": cfg.size(2_000_000, 20_000)},
         serial=_pi_serial,
         joblib_call=_pi_joblib,
@@ -123,19 +188,23 @@ def _build(config: RunConfig, resources: c.Resources) -> ScenarioPlan:
             if not case.same(out, reference["value"]):
                 raise AssertionError(f"result {out!r} differs from serial {reference['value']!r}")
 
+        # Every closure binds this iteration's case, sizes and check (the loop moves on).
         def serial(
-            stack: contextlib.ExitStack, case: DemoCase = case, p: dict[str, int] = p
+            stack: contextlib.ExitStack, case: DemoCase = case, p: dict[str, int] = p,
+            check: Callable[[object], None] = check,
         ) -> Prepared:
             return Prepared(call=lambda: case.serial(p), check=check)
 
         def joblib(
-            stack: contextlib.ExitStack, case: DemoCase = case, p: dict[str, int] = p
+            stack: contextlib.ExitStack, case: DemoCase = case, p: dict[str, int] = p,
+            check: Callable[[object], None] = check,
         ) -> Prepared:
             par = c.joblib_parallel(stack, w)
             return Prepared(call=lambda: case.joblib_call(par, p), check=check)
 
         def mepa(
-            stack: contextlib.ExitStack, case: DemoCase = case, p: dict[str, int] = p
+            stack: contextlib.ExitStack, case: DemoCase = case, p: dict[str, int] = p,
+            check: Callable[[object], None] = check,
         ) -> Prepared:
             fn = getattr(demo, case.function)  # AttributeError: recorded as a failure
             del fn
@@ -175,8 +244,8 @@ DEMO = Scenario(
     name="demo",
     title="Demo computations (mepa._demo) against joblib",
     description=(
-        "Placeholder until mepa._demo exists: runs each demo function if importable, and the "
-        "same computation serially and with joblib."
+        "The demo's magnetic forward model at its default size, serial vs mepa vs joblib; and "
+        "a small Monte Carlo through map."
     ),
     build=_build,
 )
