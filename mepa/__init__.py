@@ -8,14 +8,13 @@ back in the original order::
         futures = executor.distribute(task, alloc)
         result = alloc.reassemble(executor.gather(futures))
 
-``import mepa`` is cheap: the process and Dask backends load on first use.
+``import mepa`` is cheap: every name but the errors loads on first use.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._allocation import Allocation, AllocationPlan, ChunkSelection, arrange, arrange_many
 from ._errors import (
     AllocationError,
     BrokenExecutor,
@@ -25,18 +24,19 @@ from ._errors import (
     WorkerCrashedError,
     WorkerSpecError,
 )
-from ._executors._base import Executor, SubExecutor
-from ._executors._futures import TaskFuture
-from ._executors._local import LinearExecutor, ThreadExecutor
-from ._map import map_array
-from ._types import parse_shuffle, parse_weights
-from ._worker import Worker
 
 if TYPE_CHECKING:
+    from ._allocation import Allocation, AllocationPlan, ChunkSelection, arrange, arrange_many
     from ._events import EventContext
+    from ._executors._base import Executor, SubExecutor
     from ._executors._dask import DaskExecutor
+    from ._executors._futures import TaskFuture
+    from ._executors._local import LinearExecutor, ThreadExecutor
     from ._executors._process import ProcessExecutor, shutdown_worker_pools
+    from ._map import map_array
     from ._progress import Progress
+    from ._types import parse_shuffle, parse_weights
+    from ._worker import Worker
 
 __version__ = "0.1.0"
 
@@ -70,12 +70,28 @@ __all__ = [
     "shutdown_worker_pools",
 ]
 
+# Everything but the errors loads on first use, so that ``import mepa`` is cheap and so that
+# worker processes, which import mepa's task wrappers, do not pay for what they do not run.
 _LAZY = {
-    "ProcessExecutor": ("._executors._process", "ProcessExecutor"),
-    "DaskExecutor": ("._executors._dask", "DaskExecutor"),
-    "EventContext": ("._events", "EventContext"),
-    "Progress": ("._progress", "Progress"),
-    "shutdown_worker_pools": ("._executors._process", "shutdown_worker_pools"),
+    "Allocation": "._allocation",
+    "AllocationPlan": "._allocation",
+    "ChunkSelection": "._allocation",
+    "arrange": "._allocation",
+    "arrange_many": "._allocation",
+    "EventContext": "._events",
+    "Executor": "._executors._base",
+    "SubExecutor": "._executors._base",
+    "DaskExecutor": "._executors._dask",
+    "TaskFuture": "._executors._futures",
+    "LinearExecutor": "._executors._local",
+    "ThreadExecutor": "._executors._local",
+    "ProcessExecutor": "._executors._process",
+    "shutdown_worker_pools": "._executors._process",
+    "map_array": "._map",
+    "Progress": "._progress",
+    "parse_shuffle": "._types",
+    "parse_weights": "._types",
+    "Worker": "._worker",
 }
 
 
@@ -85,8 +101,8 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'mepa' has no attribute {name!r}")
     import importlib
 
-    module = importlib.import_module(target[0], __name__)
-    value = getattr(module, target[1])
+    module = importlib.import_module(target, __name__)
+    value = getattr(module, name)
     globals()[name] = value
     return value
 

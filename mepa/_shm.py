@@ -53,11 +53,9 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
-import io
 import itertools
 import mmap
 import os
-import pickle
 import secrets
 import threading
 import time
@@ -66,7 +64,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-import cloudpickle
 import numpy as np
 import numpy.typing as npt
 
@@ -84,17 +81,11 @@ __all__ = [
     "SegmentPool",
     "SegmentRef",
     "SharedArray",
-    "SharedResult",
     "decode_args",
     "decode_result",
-    "dumps_result",
-    "dumps_shared",
     "encode_args",
     "encode_result",
     "list_segments",
-    "loads_result",
-    "loads_shared",
-    "run_payload",
     "run_shared",
     "shared_nbytes",
     "sweep_stale_segments",
@@ -177,7 +168,7 @@ def _open(name: str) -> mmap.mmap:
         os.close(fd)
 
 
-def _unlink(name: str) -> bool:
+def unlink(name: str) -> bool:
     """Unlink segment ``name``; ``False`` if it was already gone."""
     try:
         os.unlink(_path(name))
@@ -237,7 +228,7 @@ def sweep_stale_segments() -> list[str]:
     removed = []
     for name in list_segments(NAME_PREFIX):
         pid = _parse_pid(name[len(NAME_PREFIX) :].split("-", 1)[0])
-        if pid is not None and not _pid_alive(pid) and _unlink(name):
+        if pid is not None and not _pid_alive(pid) and unlink(name):
             removed.append(name)
     return removed
 
@@ -428,7 +419,7 @@ def _populate(mapping: mmap.mmap, start: int, stop: int) -> None:
             mapping.madvise(_MADV_POPULATE_READ, start, stop - start)
 
 
-def _trim_attached(budget: int) -> None:
+def trim_attached(budget: int) -> None:
     """Unmap what the worker need not keep: segments unlinked by their owner, and the least
     recently used ones beyond ``budget`` bytes.
 
@@ -512,7 +503,7 @@ class _PoolState:
             self.free_bytes -= segment.size
         self.segments.pop(segment.name, None)
         _LOCAL.pop(segment.name, None)
-        _unlink(segment.name)
+        unlink(segment.name)
         # The mapping goes when the last array using it does.
 
     def take(self, nbytes: int) -> _Segment:
@@ -536,7 +527,7 @@ class _PoolState:
         created.refs = 1
         with self.lock:
             if self.closed:
-                _unlink(name)
+                unlink(name)
                 self._check_open()
             self.segments[name] = created
             _LOCAL[name] = created
@@ -574,7 +565,7 @@ class _PoolState:
                 self._drop(segment)
             self.pending.clear()
         for name in list_segments(self.prefix + "-"):
-            _unlink(name)
+            unlink(name)
 
 
 def _finalize_state(state: _PoolState) -> None:
@@ -807,7 +798,7 @@ class SegmentPool:
                 continue
             if wanted is not None and pid not in wanted:
                 continue
-            if (wanted is None and not force and _pid_alive(pid)) or not _unlink(name):
+            if (wanted is None and not force and _pid_alive(pid)) or not unlink(name):
                 continue
             removed.append(name)
         return removed
@@ -863,7 +854,7 @@ def encode_args(
         The tree to pickle, and the leases to release when the task's future is done.
     """
     leases: list[Lease] = []
-    share = _argument_sharer(pool, threshold, leases)
+    share = argument_sharer(pool, threshold, leases)
 
     def encode(leaf: Any) -> Any:
         if isinstance(leaf, SharedArray):
@@ -880,7 +871,7 @@ def encode_args(
     return encoded, leases
 
 
-def _argument_sharer(
+def argument_sharer(
     pool: SegmentPool, threshold: int, leases: list[Lease]
 ) -> Callable[[Any], SharedArray | None]:
     """What to send for an argument: a handle (its lease added to ``leases``) or ``None``."""
@@ -929,7 +920,7 @@ def encode_result(
     :meth:`SegmentPool.cleanup_leftovers` if this worker dies first.
     """
     created: list[str] = []
-    place = _result_placer(prefix, threshold, slot, created)
+    place = result_placer(prefix, threshold, slot, created)
 
     def encode(leaf: Any) -> Any:
         handle = place(leaf)
@@ -939,11 +930,11 @@ def encode_result(
         return tree_map(encode, tree)
     except BaseException:
         for name in created:
-            _unlink(name)
+            unlink(name)
         raise
 
 
-def _result_placer(
+def result_placer(
     prefix: str, threshold: int, slot: SegmentRef | None, created: list[str]
 ) -> Callable[[Any], SharedArray | None]:
     """In the worker: where a result array goes (slot or new segment), or ``None`` to pickle."""
@@ -1013,7 +1004,7 @@ def decode_result(
     :class:`OutputBuffer` is shared by the tasks it serves.
     """
     pending = [leaf.name for leaf in _handles(tree) if leaf.kind == "result"]
-    take = _ResultTaker(slot)
+    take = ResultTaker(slot)
 
     def decode(leaf: Any) -> Any:
         return take(leaf) if isinstance(leaf, SharedArray) else leaf
@@ -1022,11 +1013,11 @@ def decode_result(
         return tree_map(decode, tree)
     finally:
         for name in pending:
-            _unlink(name)
+            unlink(name)
         take.done()
 
 
-class _ResultTaker:
+class ResultTaker:
     """On the host: turn result handles into arrays that own their segment."""
 
     def __init__(self, slot: Lease | OutputBuffer | None) -> None:
@@ -1039,7 +1030,7 @@ class _ResultTaker:
         if leaf.kind == "result":
             self.seen.append(leaf.name)
             mapping = _open(leaf.name)
-            _unlink(leaf.name)
+            unlink(leaf.name)
             _populate(mapping, 0, len(mapping))
             return _view(np.frombuffer(mapping, np.uint8), leaf)
         if slot is not None and leaf.name == slot.name:
@@ -1077,132 +1068,6 @@ def _handles(tree: Any) -> list[SharedArray]:
     return found
 
 
-# -- pickling with shared arrays ------------------------------------------------------------
-#
-# The process executor pickles a task itself, with a pickler that sends every NumPy array it
-# meets (in arguments, inside the user's own objects, in closures) through shared memory when
-# it is large or already shared. The C pickler finds the arrays: no Python walk over the
-# arguments, which for ``map`` batches of many small items would cost more than the pickling.
-
-
-class _SharingPickler(cloudpickle.Pickler):  # type: ignore[misc]  # untyped base
-    """cloudpickle, with NumPy arrays replaced by shared-memory handles where ``share`` says."""
-
-    def __init__(self, file: io.BytesIO, share: Callable[[Any], SharedArray | None]) -> None:
-        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
-        self._share = share
-
-    def reducer_override(self, obj: Any) -> Any:
-        if type(obj) is np.ndarray or type(obj) is np.memmap:
-            handle = self._share(obj)
-            if handle is not None:
-                return _rebuild_array, (
-                    handle.name, handle.offset, handle.shape, handle.dtype, handle.strides,
-                    handle.writeable, handle.kind,
-                )
-        return super().reducer_override(obj)
-
-
-_decoding = threading.local()
-
-
-def _rebuild_array(
-    name: str, offset: int, shape: tuple[int, ...], dtype: np.dtype[Any],
-    strides: tuple[int, ...], writeable: bool, kind: Kind,
-) -> NDArray:
-    handle = SharedArray(name, offset, shape, dtype, strides, writeable, kind)
-    taker: _ResultTaker | None = getattr(_decoding, "taker", None)
-    if taker is not None:
-        return taker(handle)
-    return handle.open()
-
-
-def dumps_shared(
-    obj: Any, pool: SegmentPool, threshold: int = DEFAULT_THRESHOLD
-) -> tuple[bytes, list[Lease]]:
-    """On the host: pickle ``obj`` (a task), its arrays sent as in :func:`encode_args`.
-
-    Returns
-    -------
-    payload, leases
-        The bytes for the worker (:func:`loads_shared`), and the leases to release when the
-        task is done.
-    """
-    leases: list[Lease] = []
-    buffer = io.BytesIO()
-    try:
-        _SharingPickler(buffer, _argument_sharer(pool, threshold, leases)).dump(obj)
-    except BaseException:
-        for lease in leases:
-            lease.release()
-        raise
-    return buffer.getvalue(), leases
-
-
-def loads_shared(payload: bytes) -> Any:
-    """In the worker: unpickle a task; its shared arrays become views of their segments."""
-    return pickle.loads(payload)
-
-
-def dumps_result(
-    obj: Any, prefix: str, threshold: int = DEFAULT_THRESHOLD, slot: SegmentRef | None = None
-) -> bytes:
-    """In the worker: pickle a result, its large arrays placed as in :func:`encode_result`."""
-    created: list[str] = []
-    buffer = io.BytesIO()
-    try:
-        _SharingPickler(buffer, _result_placer(prefix, threshold, slot, created)).dump(obj)
-    except BaseException:
-        for name in created:
-            _unlink(name)
-        raise
-    return buffer.getvalue()
-
-
-def loads_result(
-    payload: bytes, pool: SegmentPool, slot: Lease | OutputBuffer | None = None
-) -> Any:
-    """On the host: unpickle a result of :func:`dumps_result`, taking its segments over.
-
-    Arrays in worker segments own their mapping (the name is unlinked at once); arrays in the
-    result ``slot`` are views of the pool's segment, as in :func:`decode_result`.
-    """
-    del pool  # the slot and the segment names carry everything needed
-    taker = _ResultTaker(slot)
-    _decoding.taker = taker
-    try:
-        return pickle.loads(payload)
-    finally:
-        _decoding.taker = None
-        taker.done()
-
-
-class SharedResult:
-    """A task's result pickled by :func:`dumps_result`: opaque bytes for the engine."""
-
-    __slots__ = ("payload",)
-
-    def __init__(self, payload: bytes) -> None:
-        self.payload = payload
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (SharedResult, (self.payload,))
-
-
-def run_payload(
-    payload: bytes, prefix: str, threshold: int = DEFAULT_THRESHOLD,
-    slot: SegmentRef | None = None,
-) -> SharedResult:
-    """The loky task for a payload of :func:`dumps_shared` holding ``(fn, args, kwargs)``."""
-    try:
-        fn, args, kwargs = loads_shared(payload)
-        result = fn(*args, **kwargs)
-        del fn, args, kwargs
-        return SharedResult(dumps_result(result, prefix, threshold, slot))
-    finally:
-        _trim_attached(WORKER_CACHE_BYTES)
-
-
 def run_shared(
     fn: Callable[..., Any],
     encoded_args: Any,
@@ -1229,7 +1094,7 @@ def run_shared(
     try:
         return _call(fn, encoded_args, encoded_kwargs, prefix, threshold, slot)
     finally:
-        _trim_attached(WORKER_CACHE_BYTES)  # after the views of the arguments are gone
+        trim_attached(WORKER_CACHE_BYTES)  # after the views of the arguments are gone
 
 
 def _call(

@@ -54,7 +54,9 @@ EXPECTED_VARIANTS = {
         "mepa-first-task-warm",
         "loky-first-task",
     ],
-    "demo": ["pi-serial", "pi-mepa", "pi-joblib"],
+    "demo": [
+        "magnetic-serial", "magnetic-mepa", "magnetic-joblib", "pi-serial", "pi-mepa", "pi-joblib",
+    ],
 }
 
 

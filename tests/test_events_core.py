@@ -27,6 +27,8 @@ from mepa._events import (
     unwrap_outcome,
 )
 
+from .events_support import settle
+
 pytestmark = pytest.mark.timeout(60)
 
 N_FIRES = 100_000
@@ -49,22 +51,6 @@ def pool():
         yield pool
     finally:
         pool.shutdown(wait=True)
-
-
-def settle(hub, engine_future):
-    """What an executor does: complete the user's future once the task's events are dispatched."""
-    user = concurrent.futures.Future()
-
-    def done(engine):
-        exc = engine.exception()
-        if exc is not None:
-            hub.after(outcome_tokens(exc), lambda: user.set_exception(exc))
-        else:
-            value, tokens = unwrap_outcome(engine.result())
-            hub.after(tokens, lambda: user.set_result(value))
-
-    engine_future.add_done_callback(done)
-    return user
 
 
 def fire_range(ctx, tag, n):

@@ -13,8 +13,10 @@ import cloudpickle
 import loky
 import pytest
 
-from mepa._events import EventHub, outcome_tokens, run_task, unwrap_outcome
+from mepa._events import EventHub, run_task, unwrap_outcome
 from mepa._progress import Progress
+
+from .events_support import settle
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -40,22 +42,6 @@ def pool():
 
 def make_bar(hub, total=0):
     return Progress(hub, total=total, file=io.StringIO(), mininterval=0, disable=False)
-
-
-def settle(hub, engine_future):
-    """Complete a future once the events of its task are dispatched, as an executor does."""
-    user = concurrent.futures.Future()
-
-    def done(engine):
-        exc = engine.exception()
-        if exc is not None:
-            hub.after(outcome_tokens(exc), lambda: user.set_exception(exc))
-        else:
-            value, tokens = unwrap_outcome(engine.result())
-            hub.after(tokens, lambda: user.set_result(value))
-
-    engine_future.add_done_callback(done)
-    return user
 
 
 def in_task_here(hub, fn, *args):

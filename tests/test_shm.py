@@ -369,9 +369,9 @@ def test_worker_cache_is_trimmed_to_its_budget(pool: SegmentPool) -> None:
     assert shared_nbytes(handle) == BIG * 8
     view = handle.open()
     assert handle.name in _shm._ATTACHED
-    _shm._trim_attached(budget=BIG * 8)
+    _shm.trim_attached(budget=BIG * 8)
     assert handle.name in _shm._ATTACHED
-    _shm._trim_attached(budget=0)
+    _shm.trim_attached(budget=0)
     assert handle.name not in _shm._ATTACHED
     assert view[-1] == BIG - 1  # still mapped while a view exists
     pool.cleanup_leftovers(force=True)

@@ -22,7 +22,15 @@ _POOLED_OUTPUT_BYTES = 1 << 20
 __all__ = ["LinearExecutor", "ThreadExecutor"]
 
 
-class LinearExecutor(Executor):
+class _InProcess(Executor):
+    """Executors whose tasks run in the host process, in its memory."""
+
+    def shares_memory(self) -> bool:
+        """Tasks run in the host's memory: ``True``."""
+        return True
+
+
+class LinearExecutor(_InProcess):
     """Runs each task at once, in the caller's thread, in submission order.
 
     Meant for debugging: a breakpoint or ``pdb.pm()`` inside a task works as in plain Python,
@@ -45,10 +53,6 @@ class LinearExecutor(Executor):
     def __init__(self, n_workers: int | None = None) -> None:
         super().__init__(make_workers("linear", n_workers, physical_cores()))
 
-    def shares_memory(self) -> bool:
-        """Tasks run in the host's memory: ``True``."""
-        return True
-
     def _engine_submit(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
         worker: Worker | None,
@@ -69,7 +73,7 @@ class LinearExecutor(Executor):
         pass
 
 
-class ThreadExecutor(Executor):
+class ThreadExecutor(_InProcess):
     """Runs tasks in a pool of threads of the host process.
 
     Best for NumPy, SciPy and other code that releases the GIL: arrays are shared, never
@@ -88,10 +92,6 @@ class ThreadExecutor(Executor):
         )
         self._buffers: SegmentPool | None = None
         self._buffers_lock = threading.Lock()
-
-    def shares_memory(self) -> bool:
-        """Tasks run in the host's memory: ``True``."""
-        return True
 
     def _engine_submit(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],

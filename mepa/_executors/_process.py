@@ -27,6 +27,7 @@ import numpy as np
 
 from .._allocation import Allocation, ChunkSelection
 from .._errors import SerializationError, WorkerCrashedError
+from .._payload import SharedResult, dumps_shared, loads_result, run_payload
 from .._shm import (
     DEFAULT_THRESHOLD,
     Lease,
@@ -34,10 +35,6 @@ from .._shm import (
     SegmentPool,
     SegmentRef,
     SharedArray,
-    SharedResult,
-    dumps_shared,
-    loads_result,
-    run_payload,
 )
 from .._worker import Worker, make_workers, physical_cores
 from ._base import ChunkCall, DistributePlan, Executor, LazyChunk
@@ -152,7 +149,7 @@ class ProcessExecutor(Executor):
         if not isinstance(value, SharedResult) or transport is None:
             return value
         _, output = transport
-        return loads_result(value.payload, self._pool(), output)
+        return loads_result(value.payload, output)
 
     def _task_finished(self, future: TaskFuture[Any]) -> None:
         transport, future._transport = future._transport, None

@@ -1,0 +1,171 @@
+"""Tasks and results of the process executor, pickled once, big arrays in shared memory.
+
+The process executor pickles each task itself, with a pickler that sends every NumPy array it
+meets (in arguments, inside the user's own objects, in closures) through shared memory when it
+is large or already shared, and hands loky opaque bytes. The C pickler finds the arrays, so
+there is no Python walk over the arguments (for ``map`` batches of many small items such a
+walk would cost more than the pickling), and arrays nested in any object are covered.
+
+A worker that runs a task without arrays never imports NumPy or :mod:`mepa._shm` for it: the
+first task on a new pool starts as fast as a plain loky task.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import sys
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import cloudpickle
+
+if TYPE_CHECKING:
+    from ._shm import Lease, OutputBuffer, ResultTaker, SegmentPool, SegmentRef, SharedArray
+
+__all__ = [
+    "SharedResult",
+    "dumps_result",
+    "dumps_shared",
+    "loads_result",
+    "loads_shared",
+    "run_payload",
+]
+
+
+def _is_plain_array(obj: object) -> bool:
+    kind = type(obj)
+    return kind.__module__ == "numpy" and kind.__name__ in ("ndarray", "memmap")
+
+
+class _SharingPickler(cloudpickle.Pickler):  # type: ignore[misc]  # untyped base
+    """cloudpickle, with NumPy arrays replaced by shared-memory handles where ``share`` says."""
+
+    def __init__(self, file: io.BytesIO, share: Callable[[Any], SharedArray | None]) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self._share = share
+
+    def reducer_override(self, obj: Any) -> Any:
+        if _is_plain_array(obj):
+            handle = self._share(obj)
+            if handle is not None:
+                return _rebuild_array, (
+                    handle.name, handle.offset, handle.shape, handle.dtype, handle.strides,
+                    handle.writeable, handle.kind,
+                )
+        return super().reducer_override(obj)
+
+
+_decoding = threading.local()
+
+
+def _rebuild_array(
+    name: str, offset: int, shape: tuple[int, ...], dtype: Any, strides: tuple[int, ...],
+    writeable: bool, kind: Any,
+) -> Any:
+    from ._shm import SharedArray
+
+    handle = SharedArray(name, offset, shape, dtype, strides, writeable, kind)
+    taker: ResultTaker | None = getattr(_decoding, "taker", None)
+    if taker is not None:
+        return taker(handle)
+    return handle.open()
+
+
+def dumps_shared(obj: Any, pool: SegmentPool, threshold: int) -> tuple[bytes, list[Lease]]:
+    """On the host: pickle ``obj`` (a task), its arrays sent as :func:`~mepa._shm.encode_args` does.
+
+    Returns
+    -------
+    payload, leases
+        The bytes for the worker (:func:`loads_shared`), and the leases to release when the
+        task is done.
+    """
+    from ._shm import argument_sharer
+
+    leases: list[Lease] = []
+    buffer = io.BytesIO()
+    try:
+        _SharingPickler(buffer, argument_sharer(pool, threshold, leases)).dump(obj)
+    except BaseException:
+        for lease in leases:
+            lease.release()
+        raise
+    return buffer.getvalue(), leases
+
+
+def loads_shared(payload: bytes) -> Any:
+    """In the worker: unpickle a task; its shared arrays become views of their segments."""
+    return pickle.loads(payload)
+
+
+def dumps_result(obj: Any, prefix: str, threshold: int, slot: SegmentRef | None = None) -> bytes:
+    """In the worker: pickle a result, its large arrays placed as
+    :func:`~mepa._shm.encode_result` does (the result slot, else new segments)."""
+    created: list[str] = []
+    place: Callable[[Any], SharedArray | None] | None = None
+
+    def share(array: Any) -> SharedArray | None:
+        nonlocal place
+        if place is None:
+            from ._shm import result_placer
+
+            place = result_placer(prefix, threshold, slot, created)
+        return place(array)
+
+    buffer = io.BytesIO()
+    try:
+        _SharingPickler(buffer, share).dump(obj)
+    except BaseException:
+        if created:
+            from ._shm import unlink
+
+            for name in created:
+                unlink(name)
+        raise
+    return buffer.getvalue()
+
+
+def loads_result(payload: bytes, slot: Lease | OutputBuffer | None = None) -> Any:
+    """On the host: unpickle a result of :func:`dumps_result`, taking its segments over.
+
+    Arrays in worker segments own their mapping (the name is unlinked at once); arrays in the
+    result ``slot`` are views of the pool's segment, as :func:`~mepa._shm.decode_result` does.
+    """
+    from ._shm import ResultTaker
+
+    taker = ResultTaker(slot)
+    _decoding.taker = taker
+    try:
+        return pickle.loads(payload)
+    finally:
+        _decoding.taker = None
+        taker.done()
+
+
+class SharedResult:
+    """A task's result pickled by :func:`dumps_result`: opaque bytes for the engine."""
+
+    __slots__ = ("payload",)
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (SharedResult, (self.payload,))
+
+
+def run_payload(
+    payload: bytes, prefix: str, threshold: int, slot: SegmentRef | None = None
+) -> SharedResult:
+    """The loky task for a payload of :func:`dumps_shared` holding ``(fn, args, kwargs)``."""
+    try:
+        fn, args, kwargs = loads_shared(payload)
+        result = fn(*args, **kwargs)
+        del fn, args, kwargs
+        return SharedResult(dumps_result(result, prefix, threshold, slot))
+    finally:
+        shm = sys.modules.get("mepa._shm")
+        if shm is not None:  # arrays were mapped: keep the worker's mapping cache bounded
+            shm.trim_attached(shm.WORKER_CACHE_BYTES)
