@@ -127,6 +127,9 @@ class Executor(ABC):
                 outcome_tokens(exc, remove=True), lambda: _set_exception(future, failed)
             )
         finally:
+            # The engine's future refers to this one through its callback: break the cycle,
+            # or results (and the shared memory under them) wait for the garbage collector.
+            future._engine_cancel = None
             self._task_finished(future)
 
     def _decode_result(self, future: TaskFuture[Any], value: Any) -> Any:
@@ -315,6 +318,7 @@ class Executor(ABC):
         root._track(future)
         try:
             call, call_args, call_kwargs = root._prepare_call(fn, args, kwargs, future)
+            future._hint = None  # consumed: the future must not keep an output buffer alive
             engine = root._engine_submit(call, call_args, call_kwargs, future.worker)
         except ExecutorShutdownError:
             root._task_finished(future)
