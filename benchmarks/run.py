@@ -121,16 +121,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     _log(f"mepa benchmarks: {', '.join(names)} ({'quick' if config.quick else 'full'})")
     results: dict[str, dict[str, object]] = {}
-    resources = Resources()
-    try:
-        for name in names:
-            _log(f"scenario {name}")
-            results[name] = run_scenario(SCENARIOS[name], config, resources, _log)
-    finally:
+    for name in names:
+        _log(f"scenario {name}")
+        # A fresh set of shared pools per scenario: an idle Dask cluster left from one scenario
+        # costs CPU time (heartbeats, monitors) that the next scenario's timings would pay.
+        resources = Resources()
         try:
-            resources.close()
-        except Exception as exc:  # noqa: BLE001
-            _log(f"closing the shared Dask cluster failed: {type(exc).__name__}: {exc}")
+            results[name] = run_scenario(SCENARIOS[name], config, resources, _log)
+        finally:
+            try:
+                resources.close()
+            except Exception as exc:  # noqa: BLE001
+                _log(f"closing the shared Dask cluster failed: {type(exc).__name__}: {exc}")
     run["scenarios"] = results
     run["duration_s"] = time.perf_counter() - t0
     machine = run["machine"]

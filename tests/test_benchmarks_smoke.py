@@ -49,6 +49,7 @@ EXPECTED_VARIANTS = {
     "startup": [
         "python-pass",
         "import-mepa",
+        "import-mepa-api",
         "import-numpy-pydantic-tqdm",
         "mepa-first-task",
         "mepa-first-task-warm",

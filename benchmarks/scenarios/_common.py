@@ -156,7 +156,7 @@ def equal_check(expected: object) -> Callable[[object], None]:
 
 
 class Resources:
-    """Pools shared by several scenarios of one run, closed at the end of the run.
+    """Pools shared by the groups of one scenario, closed when the scenario ends.
 
     Only the Dask ``LocalCluster`` is shared (it takes seconds to start); everything else is
     created per group so that a failure stays local.
