@@ -61,6 +61,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -750,7 +751,7 @@ class SegmentPool:
         )
         buffer = np.frombuffer(lease._segment.mapping, np.uint8, count=source.nbytes)
         target = buffer.view(source.dtype).reshape(source.shape, order=order)
-        np.copyto(target, source, casting="no")
+        _copy(target, source)
         return SharedArray(
             lease.name, 0, source.shape, source.dtype, target.strides, True, "pool", lease
         )
@@ -822,6 +823,39 @@ class SegmentPool:
             f"SegmentPool({self.prefix!r}, segments={len(self._state.segments)}, "
             f"free_bytes={self._state.free_bytes}, closed={self.closed})"
         )
+
+
+# Copies of at least this many bytes are split over a few threads: NumPy releases the GIL while
+# copying, and one core alone does not saturate the memory bandwidth (measured: a 160 MB copy
+# into a paged-in segment took 17 ms on one thread, 10 ms on two).
+_PARALLEL_COPY_BYTES = 16 << 20
+_COPY_THREADS = 2
+_copier: ThreadPoolExecutor | None = None
+_copier_lock = threading.Lock()
+
+
+def _copy(target: NDArray, source: NDArray) -> None:
+    """``np.copyto(target, source)``, in parallel for big contiguous arrays."""
+    global _copier
+    if (
+        source.nbytes < _PARALLEL_COPY_BYTES
+        or not (source.flags.c_contiguous and target.flags.c_contiguous)
+    ):
+        np.copyto(target, source, casting="no")
+        return
+    with _copier_lock:
+        if _copier is None:
+            _copier = ThreadPoolExecutor(_COPY_THREADS, thread_name_prefix="mepa-copy")
+        copier = _copier
+    flat_target = target.reshape(-1).view(np.uint8)
+    flat_source = source.reshape(-1).view(np.uint8)
+    step = -(-flat_source.size // _COPY_THREADS)
+    parts = [
+        copier.submit(np.copyto, flat_target[i : i + step], flat_source[i : i + step])
+        for i in range(0, flat_source.size, step)
+    ]
+    for part in parts:
+        part.result()
 
 
 def _owned_view(lease: Lease, nbytes: int) -> NDArray:
