@@ -26,7 +26,7 @@ from ._errors import (
 )
 
 if TYPE_CHECKING:
-    from ._allocation import Allocation, AllocationPlan, ChunkSelection, arrange, arrange_many
+    from ._allocation import Allocation, ChunkSelection, arrange, arrange_many
     from ._events import EventContext
     from ._executors._base import Executor, SubExecutor
     from ._executors._dask import DaskExecutor
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from ._executors._local import LinearExecutor, ThreadExecutor
     from ._executors._process import ProcessExecutor, shutdown_worker_pools
     from ._map import map_array
+    from ._plan import AllocationPlan
     from ._progress import Progress
     from ._types import parse_shuffle, parse_weights
     from ._worker import Worker
@@ -74,7 +75,7 @@ __all__ = [
 # worker processes, which import mepa's task wrappers, do not pay for what they do not run.
 _LAZY = {
     "Allocation": "._allocation",
-    "AllocationPlan": "._allocation",
+    "AllocationPlan": "._plan",
     "ChunkSelection": "._allocation",
     "arrange": "._allocation",
     "arrange_many": "._allocation",

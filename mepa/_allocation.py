@@ -47,19 +47,20 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ._errors import AllocationError
 from ._tree import TreeSpec, flatten, unflatten
 from ._types import ParsedShuffle, ShuffleLike, WeightsLike, parse_shuffle, parse_weights
 
+if TYPE_CHECKING:
+    from ._plan import AllocationPlan
+
 __all__ = [
     "Allocation",
-    "AllocationPlan",
     "ChunkSelection",
     "arrange",
     "arrange_many",
@@ -485,48 +486,6 @@ class ChunkSelection:
                 dst2d[self._blocks[lo:hi]] = vals[pos : pos + (hi - lo) * b].reshape(hi - lo, width)
 
 
-# ---------------------------------------------------------------------------------------------
-# AllocationPlan
-# ---------------------------------------------------------------------------------------------
-
-
-class AllocationPlan(BaseModel):
-    """How an :class:`Allocation` splits and shuffles its rows, without the data.
-
-    A plan is JSON-serialisable (``plan.model_dump_json()``,
-    ``AllocationPlan.model_validate_json(text)``); :meth:`Allocation.from_plan` applies it to
-    data of ``n`` rows.
-
-    Attributes
-    ----------
-    n
-        Number of rows.
-    weights
-        One weight per worker.
-    sizes
-        Rows per chunk: the largest-remainder split of ``n`` by ``weights``.
-    block_rows
-        Rows per shuffled block.
-    order
-        The block order (see :mod:`mepa._allocation`), or ``None`` when unshuffled.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    n: int = Field(ge=0)
-    weights: tuple[float, ...]
-    sizes: tuple[int, ...]
-    block_rows: int = Field(ge=1)
-    order: list[int] | None = None
-
-    @model_validator(mode="after")
-    def _check(self) -> AllocationPlan:
-        _check_layout(self.n, self.weights, self.sizes)
-        if self.order is not None:
-            _check_order(np.asarray(self.order, dtype=np.int64), self.n, self.block_rows)
-        return self
-
-
 def _check_layout(n: int, weights: Sequence[float], sizes: Sequence[int]) -> None:
     weights = parse_weights(list(weights))
     if len(sizes) != len(weights):
@@ -761,6 +720,8 @@ class Allocation:
     def plan(self) -> AllocationPlan:
         """The split and shuffle as a JSON-serialisable :class:`AllocationPlan`."""
         order = None if self._order is None else self._order.tolist()
+        from ._plan import AllocationPlan
+
         return AllocationPlan.model_construct(
             n=self._n,
             weights=self._weights,

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-
-from pydantic import BaseModel, ConfigDict, field_validator
+from dataclasses import dataclass
 
 from ._errors import WorkerSpecError
 
@@ -14,7 +13,8 @@ __all__ = ["Worker"]
 _GROUP_INDEX = re.compile(r"^(?P<group>.+)-(?P<index>\d+)$")
 
 
-class Worker(BaseModel):
+@dataclass(frozen=True, slots=True)
+class Worker:
     """One worker of an executor: a name and a weight.
 
     The weight is the worker's share of the rows when data is arranged over workers: a worker of
@@ -30,6 +30,11 @@ class Worker(BaseModel):
     weight
         Relative share of the work, finite and ``>= 0``.
 
+    Raises
+    ------
+    WorkerSpecError
+        For an empty or non-string name, or a weight that is not a finite number ``>= 0``.
+
     Examples
     --------
     >>> w = Worker("process-1", weight=2)
@@ -37,30 +42,27 @@ class Worker(BaseModel):
     ('process', 1, 2.0)
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
     name: str
     weight: float = 1.0
 
-    def __init__(self, name: str, weight: float = 1.0) -> None:
-        super().__init__(name=name, weight=weight)
-
-    @field_validator("name")
-    @classmethod
-    def _check_name(cls, value: str) -> str:
-        if not value:
-            raise ValueError("worker name must be a non-empty string, got ''")
-        return value
-
-    @field_validator("weight")
-    @classmethod
-    def _check_weight(cls, value: float) -> float:
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(
-                f"worker weight must be finite and >= 0, got {value!r}; "
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise WorkerSpecError(
+                f"worker name must be a non-empty string, got {self.name!r}; "
+                "name workers '{group}-{index}', e.g. 'node-0'"
+            )
+        weight = self.weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise WorkerSpecError(
+                f"worker weight must be a real number, got {type(weight).__name__}: {weight!r}; "
                 "give each worker its relative share of the rows, e.g. 1.0"
             )
-        return float(value)
+        if not math.isfinite(weight) or weight < 0:
+            raise WorkerSpecError(
+                f"worker weight must be finite and >= 0, got {weight!r}; "
+                "give each worker its relative share of the rows, e.g. 1.0"
+            )
+        object.__setattr__(self, "weight", float(weight))
 
     @property
     def group(self) -> str:

@@ -15,7 +15,6 @@ import mepa._allocation
 import mepa._types
 from mepa._allocation import (
     Allocation,
-    AllocationPlan,
     ChunkSelection,
     arrange,
     arrange_many,
@@ -23,6 +22,7 @@ from mepa._allocation import (
     chunk_sizes,
 )
 from mepa._errors import AllocationError
+from mepa._plan import AllocationPlan
 from mepa._types import DEFAULT_SEED, parse_shuffle, parse_weights
 from mepa._worker import Worker
 
