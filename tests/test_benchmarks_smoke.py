@@ -26,8 +26,14 @@ harness = importlib.import_module("benchmarks._harness")
 report = importlib.import_module("benchmarks._report")
 
 EXPECTED_VARIANTS = {
-    "cpu_map": ["serial", "mepa-process", "mepa-thread", "loky", "joblib", "dask", "mpire"],
-    "memory_map": ["serial", "mepa-process", "mepa-thread", "loky", "joblib", "dask", "mpire"],
+    "cpu_map": [
+        "serial", "mepa-process", "mepa-process-keep-heap", "mepa-thread", "loky", "joblib",
+        "dask", "mpire",
+    ],
+    "memory_map": [
+        "serial", "mepa-process", "mepa-process-keep-heap", "mepa-thread", "loky", "joblib",
+        "dask", "mpire",
+    ],
     "shuffled_map": [
         "process-unshuffled",
         "process-block-shuffle",

@@ -158,3 +158,28 @@ def test_mmap_module_is_what_backs_views():
     assert "mmap" in base_chain(view)
     del view
     m.close()
+
+
+def heap_settings(_=None):
+    import os
+
+    return os.environ.get("MALLOC_MMAP_THRESHOLD_"), os.environ.get("MALLOC_TRIM_THRESHOLD_")
+
+
+def test_keep_worker_heap_sets_malloc_in_workers_only():
+    with mepa.ProcessExecutor(2, keep_worker_heap=True) as ex:
+        threshold, trim = ex.submit_and_gather(heap_settings)
+        assert int(threshold) >= 1 << 30
+        assert int(trim) >= 1 << 30
+        data = np.linspace(0, 1, BIG)
+        alloc = ex.arrange(data)
+        np.testing.assert_array_equal(
+            alloc.reassemble(ex.gather(ex.distribute(trig, alloc))), trig(data)
+        )
+    with mepa.ProcessExecutor(2) as ex:  # a separate pool: the default leaves malloc alone
+        assert ex.submit_and_gather(heap_settings) == heap_settings()
+
+
+def test_keep_worker_heap_must_be_a_bool():
+    with pytest.raises(TypeError, match="keep_worker_heap must be a bool"):
+        mepa.ProcessExecutor(2, keep_worker_heap="yes")

@@ -36,7 +36,7 @@ __all__ = [
 #: The checkout holding ``mepa/`` and ``benchmarks/``; put on ``PYTHONPATH`` for subprocesses.
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-MepaKind = str  # "process" | "thread" | "dask" | "linear"
+MepaKind = str  # "process" | "process-keep-heap" | "thread" | "dask" | "linear"
 
 
 def probe_count(workers: int) -> int:
@@ -56,10 +56,10 @@ def mepa_executor(stack: contextlib.ExitStack, kind: MepaKind, workers: int) -> 
     This is the one place the benchmarks construct mepa executors: if a constructor's signature
     changes, change it here.
     """
-    if kind == "process":
+    if kind in ("process", "process-keep-heap"):
         cls = mepa_attr("ProcessExecutor")
         stack.callback(stop_mepa_worker_pools)  # runs after the executor's own shutdown
-        ex = cls(workers)
+        ex = cls(workers, keep_worker_heap=True) if kind == "process-keep-heap" else cls(workers)
     elif kind == "thread":
         ex = mepa_attr("ThreadExecutor")(workers)
     elif kind == "dask":

@@ -74,7 +74,7 @@ def map_variants(
                 futs = ex.distribute(kernel, alloc)
                 return alloc.reassemble(ex.gather(futs))
 
-            pids = c.mepa_pids(ex, w) if kind == "process" else None
+            pids = c.mepa_pids(ex, w) if kind.startswith("process") else None
             return Prepared(call=run, check=check, pids=pids)
 
         return setup
@@ -128,6 +128,12 @@ def map_variants(
     return (
         Variant("serial", "serial", serial, "NumPy on one core"),
         Variant("mepa-process", "mepa", mepa("process"), f"mepa ProcessExecutor({w})"),
+        Variant(
+            "mepa-process-keep-heap",
+            "mepa",
+            mepa("process-keep-heap"),
+            f"mepa ProcessExecutor({w}, keep_worker_heap=True)",
+        ),
         Variant("mepa-thread", "mepa", mepa("thread"), f"mepa ThreadExecutor({w})"),
         Variant(
             "loky",

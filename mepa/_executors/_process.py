@@ -55,6 +55,15 @@ class ProcessExecutor(Executor):
     shared_memory_threshold
         NumPy arrays of at least this many bytes (arguments, chunks and results) travel
         through shared memory instead of being pickled; ``None`` turns this off.
+    keep_worker_heap
+        Let worker processes keep the memory they free for their next allocations instead of
+        returning it to the system (glibc ``malloc`` settings in the workers' environment).
+        NumPy allocates every large temporary afresh; on Linux each one is a new mapping whose
+        pages fault in one by one, which can cost as much as the arithmetic. With this on, a
+        worker reuses already-mapped memory: array-heavy tasks run faster (about 20% on the
+        ``cpu_map`` benchmark), at the price of idle workers holding their peak memory until
+        they exit (after a minute without work). Executors with and without it use separate
+        worker pools.
 
     Notes
     -----
@@ -74,6 +83,7 @@ class ProcessExecutor(Executor):
         n_workers: int | None = None,
         *,
         shared_memory_threshold: int | None = DEFAULT_THRESHOLD,
+        keep_worker_heap: bool = False,
     ) -> None:
         super().__init__(make_workers("process", n_workers, physical_cores()))
         if shared_memory_threshold is not None and (
@@ -86,6 +96,9 @@ class ProcessExecutor(Executor):
                 f"{shared_memory_threshold!r}"
             )
         self._threshold = shared_memory_threshold
+        if not isinstance(keep_worker_heap, bool):
+            raise TypeError(f"keep_worker_heap must be a bool, got {keep_worker_heap!r}")
+        self._keep_heap = keep_worker_heap
         self._engine_lock = threading.Lock()
         self._engine: Any = None
         self._segments: SegmentPool | None = None
@@ -179,7 +192,7 @@ class ProcessExecutor(Executor):
         with self._engine_lock:
             engine = self._engine
             if engine is None or _is_broken(engine):
-                engine = _POOLS.acquire(self, len(self.workers))
+                engine = _POOLS.acquire(self, len(self.workers), self._keep_heap)
                 self._engine = engine
             return engine
 
@@ -252,29 +265,27 @@ class _PoolCache:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._shared: Any = None
-        self._size = 0
+        self._size: tuple[int, bool] = (0, False)
         self._users: set[int] = set()
         self._private: dict[int, Any] = {}
 
-    def acquire(self, user: object, n_workers: int) -> Any:
+    def acquire(self, user: object, n_workers: int, keep_heap: bool = False) -> Any:
         import loky
 
         with self._lock:
             if self._shared is not None and _is_broken(self._shared):
                 self._shared = None
-            if self._shared is not None and self._size == n_workers:
+            if self._shared is not None and self._size == (n_workers, keep_heap):
                 self._users.add(id(user))
                 return self._shared
             if self._shared is None or not (self._users - {id(user)}):
                 if self._shared is not None:
                     self._shared.shutdown(wait=False, kill_workers=True)
-                self._shared = loky.ProcessPoolExecutor(
-                    max_workers=n_workers, timeout=_IDLE_TIMEOUT
-                )
-                self._size = n_workers
+                self._shared = _new_pool(loky, n_workers, keep_heap)
+                self._size = (n_workers, keep_heap)
                 self._users = {id(user)}
                 return self._shared
-            pool = loky.ProcessPoolExecutor(max_workers=n_workers, timeout=_IDLE_TIMEOUT)
+            pool = _new_pool(loky, n_workers, keep_heap)
             self._private[id(user)] = pool
             return pool
 
@@ -309,6 +320,20 @@ class _PoolCache:
         for pool in pools:
             if pool is not None:
                 pool.shutdown(wait=True, kill_workers=True)
+
+
+# glibc malloc in the workers: serve allocations below 1 GiB from the heap rather than fresh
+# mappings, and never give freed heap memory back (see ``keep_worker_heap``).
+_KEEP_HEAP_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": str(1 << 30),
+    "MALLOC_TRIM_THRESHOLD_": str(1 << 40),
+    "MALLOC_TOP_PAD_": str(64 << 20),
+}
+
+
+def _new_pool(loky: Any, n_workers: int, keep_heap: bool) -> Any:
+    env = _KEEP_HEAP_ENV if keep_heap else None
+    return loky.ProcessPoolExecutor(max_workers=n_workers, timeout=_IDLE_TIMEOUT, env=env)
 
 
 _POOLS = _PoolCache()
