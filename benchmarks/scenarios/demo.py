@@ -218,7 +218,11 @@ def _build(config: RunConfig, resources: c.Resources) -> ScenarioPlan:
                 f"{case.name}-mepa",
                 "mepa",
                 mepa,
-                f"{DEMO_MODULE}.{case.function} on ProcessExecutor({w})",
+                (
+                    f"{DEMO_MODULE}.{case.function} on ProcessExecutor({w})"
+                    if case.name == "magnetic"
+                    else f"the same kernel through ProcessExecutor({w}).map"
+                ),
                 requires=(DEMO_MODULE,),
             ),
             Variant(
