@@ -64,6 +64,18 @@ def no_leaked_segments() -> Iterator[None]:
     assert not leaked, f"shared-memory segments left behind: {sorted(leaked)}"
 
 
+@pytest.fixture
+def hub() -> Iterator[object]:
+    """A fresh event hub, closed after the test (the event and progress core tests)."""
+    from mepa._events import EventHub
+
+    hub = EventHub()
+    try:
+        yield hub
+    finally:
+        hub.close(timeout=10)
+
+
 def _worker_processes() -> list[object]:
     import psutil
 

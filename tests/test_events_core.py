@@ -34,15 +34,6 @@ pytestmark = pytest.mark.timeout(60)
 N_FIRES = 100_000
 
 
-@pytest.fixture
-def hub():
-    hub = EventHub()
-    try:
-        yield hub
-    finally:
-        hub.close(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def pool():
     pool = loky.ProcessPoolExecutor(max_workers=2)

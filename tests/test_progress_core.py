@@ -21,15 +21,6 @@ from .events_support import settle
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture
-def hub():
-    hub = EventHub()
-    try:
-        yield hub
-    finally:
-        hub.close(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def pool():
     pool = loky.ProcessPoolExecutor(max_workers=2)
