@@ -90,7 +90,7 @@ def _run_folder(out: Path) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmarks; return 0, or 1 if a scenario could not run at all.
 
-    A variant that fails (e.g. a mepa API that does not exist yet) does not change the exit
+    A variant that fails (e.g. a mepa API that is not available) does not change the exit
     status: it is reported, with its error, and the run goes on.
     """
     args = parse_args(argv)
