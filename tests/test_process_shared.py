@@ -183,3 +183,51 @@ def test_keep_worker_heap_sets_malloc_in_workers_only():
 def test_keep_worker_heap_must_be_a_bool():
     with pytest.raises(TypeError, match="keep_worker_heap must be a bool"):
         mepa.ProcessExecutor(2, keep_worker_heap="yes")
+
+
+class _DieWhilePickled:
+    """Kills its worker when the result holding it is being pickled (after the big array)."""
+
+    def __reduce__(self):
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+        return (int, ())
+
+
+def big_result_then_die(_=None):
+    return (np.ones(BIG), _DieWhilePickled())
+
+
+def die_on_second_chunk(chunk):
+    if chunk[0] != 0:
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+    return chunk * 2
+
+
+def worker_segments(executor):
+    from mepa._shm import list_segments
+
+    return [name for name in list_segments(executor._pool().prefix) if "-w" in name]
+
+
+def test_worker_killed_while_sending_a_big_result_leaves_no_segment(executor):
+    # The array went into a segment the worker created before it died: the host removes it
+    # when it reports the crash, not only when the executor shuts down.
+    with pytest.raises(mepa.WorkerCrashedError):
+        executor.submit_and_gather(big_result_then_die)
+    assert worker_segments(executor) == []
+    assert executor.submit_and_gather(int, 7) == 7
+
+
+def test_worker_killed_during_a_shared_distribute_then_the_next_one_works(executor):
+    alloc = executor.arrange(np.arange(BIG, dtype=np.float64))
+    with pytest.raises(mepa.WorkerCrashedError) as info:
+        executor.gather(executor.distribute(die_on_second_chunk, alloc), timeout=60)
+    assert info.value.chunk in (0, 1)
+    result = alloc.reassemble(executor.gather(executor.distribute(trig, alloc), timeout=60))
+    np.testing.assert_array_equal(result, trig(np.arange(BIG, dtype=np.float64)))
