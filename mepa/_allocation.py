@@ -44,6 +44,8 @@ import functools
 import math
 import operator
 import os
+import threading
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
@@ -62,6 +64,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Allocation",
     "ChunkSelection",
+    "PlacedRows",
     "arrange",
     "arrange_many",
     "auto_block_rows",
@@ -532,6 +535,7 @@ class Allocation:
     """
 
     __slots__ = (
+        "__weakref__",
         "_arrays",
         "_block_rows",
         "_many",
@@ -794,7 +798,9 @@ class Allocation:
         numpy.ndarray, or a tuple or dict of them
             The same structure as one result. Unshuffled results that are already adjacent,
             in-order views of one C-contiguous buffer are returned as a view of that buffer
-            (no copy); otherwise a new array of the results' common dtype.
+            (no copy); shuffled results whose rows the process executor's workers already
+            wrote back in place (see :class:`PlacedRows`) come back as that buffer, once;
+            otherwise a new array of the results' common dtype.
 
         Raises
         ------
@@ -847,12 +853,15 @@ class Allocation:
                     f"{path} has {pieces[0].shape[1:]}; return rows of the same shape from "
                     "every chunk"
                 )
-        if (self._order is None or not reverse_shuffle) and all(
-            isinstance(leaf, np.ndarray) for leaf in leaves
-        ):
+        if all(isinstance(leaf, np.ndarray) for leaf in leaves):
             view = _adjacent_view(pieces)
             if view is not None:
-                return view
+                if self._order is None or not reverse_shuffle:
+                    return view
+                placed = _PLACED.get(id(_root(view)))
+                ordered = None if placed is None else placed.claim(self, view, pieces)
+                if ordered is not None:
+                    return ordered
         if not reverse_shuffle:
             return np.concatenate(pieces, axis=0)
         dtype = functools.reduce(np.promote_types, [p.dtype for p in pieces])
@@ -951,6 +960,93 @@ def _leaf_paths(spec: TreeSpec, prefix: str = "") -> list[str]:
     for key, child in zip(keys, spec.children, strict=True):
         paths.extend(_leaf_paths(child, f"{prefix}[{key!r}]"))
     return paths
+
+
+class PlacedRows:
+    """A copy of a shuffled distribute's results that the workers wrote in the original order.
+
+    On the process executor, each worker of a shuffled ``distribute`` writes its result twice:
+    in chunk order into its region of one shared buffer (what ``gather`` returns, as read-only
+    views), and row by row to the original positions in a second buffer, this one. When
+    :meth:`Allocation.reassemble` receives those unchanged views, it returns this buffer instead
+    of scattering the rows itself: the scatter ran in the workers, in parallel.
+
+    Parameters
+    ----------
+    allocation
+        The allocation whose chunks the workers ran.
+    buffer
+        The bytes of the ordered copy, ``n * row_bytes`` of them or more.
+    """
+
+    __slots__ = ("__weakref__", "_allocation", "_buffer", "_claimed", "_lock", "_marks")
+
+    def __init__(self, allocation: Allocation, buffer: NDArray[np.uint8]) -> None:
+        self._allocation = weakref.ref(allocation)
+        self._buffer = buffer
+        self._marks: dict[int, tuple[np.dtype[Any], tuple[int, ...], int]] = {}
+        self._claimed = False
+        self._lock = threading.Lock()
+
+    def watch(self, root: NDArray[Any]) -> None:
+        """Offer this copy to ``reassemble`` calls whose results are views of ``root``."""
+        key = id(root)
+        _PLACED[key] = self
+        weakref.finalize(root, _PLACED.pop, key, None)
+
+    def mark(self, chunk: int, piece: NDArray[Any]) -> None:
+        """Record that chunk ``chunk``'s worker wrote ``piece``'s rows to the ordered copy.
+
+        ``piece`` is the chunk's result as ``gather`` returns it; it is made read-only, so that
+        the copy cannot go stale.
+        """
+        piece.flags.writeable = False
+        with self._lock:
+            self._marks[chunk] = (piece.dtype, piece.shape[1:], piece.ctypes.data)
+
+    def claim(
+        self, allocation: Allocation, view: NDArray[Any], pieces: list[NDArray[Any]]
+    ) -> NDArray[Any] | None:
+        """The ordered copy, once, if ``pieces`` are every chunk's unchanged marked result.
+
+        Parameters
+        ----------
+        allocation
+            The allocation reassembling.
+        view
+            The one view spanning ``pieces`` (they are adjacent, in chunk order).
+        pieces
+            The results, one per chunk.
+
+        Returns
+        -------
+        numpy.ndarray or None
+            ``None`` when any condition fails; the caller then scatters the rows itself.
+        """
+        n = allocation.n
+        with self._lock:
+            if (
+                self._claimed
+                or self._allocation() is not allocation
+                or len(self._marks) != len(pieces)
+                or len(view) != n
+                or any(
+                    self._marks.get(i) != (p.dtype, p.shape[1:], p.ctypes.data)
+                    or p.flags.writeable
+                    for i, p in enumerate(pieces)
+                )
+            ):
+                return None
+            nbytes = view.nbytes
+            if nbytes > self._buffer.nbytes:
+                return None
+            self._claimed = True
+        return self._buffer[:nbytes].view(view.dtype).reshape(view.shape)
+
+
+# id() of the region buffer of chunk-ordered results -> the ordered copy the workers wrote;
+# an entry goes when its buffer is collected.
+_PLACED: dict[int, PlacedRows] = {}
 
 
 def _root(arr: NDArray[Any]) -> NDArray[Any]:

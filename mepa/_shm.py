@@ -87,6 +87,7 @@ __all__ = [
     "encode_args",
     "encode_result",
     "list_segments",
+    "open_region",
     "run_shared",
     "shared_nbytes",
     "sweep_stale_segments",
@@ -393,6 +394,13 @@ def _attach(name: str) -> _Attached:
         else:
             _ATTACHED.move_to_end(name)
         return entry
+
+
+def open_region(ref: SegmentRef) -> NDArray:
+    """In a worker: the bytes of ``ref`` as a writeable ``uint8`` view, pages mapped in."""
+    entry = _attach(ref.name)
+    _populate(entry.mapping, ref.offset, ref.offset + ref.size)
+    return entry.base[ref.offset : ref.offset + ref.size]
 
 
 def _open_view(handle: SharedArray) -> NDArray:

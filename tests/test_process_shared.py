@@ -79,6 +79,78 @@ def test_unshuffled_results_come_back_without_a_copy(executor):
     np.testing.assert_array_equal(result, trig(data))
 
 
+@pytest.fixture
+def no_host_scatter(monkeypatch):
+    """Make writing rows back into place fail in this (the host) process; workers are not
+    affected, so a reassemble that still succeeds did not scatter on the host."""
+
+    def refuse(self, dest, values):
+        raise AssertionError("the host scattered rows that the workers should have placed")
+
+    monkeypatch.setattr(mepa.ChunkSelection, "put", refuse)
+
+
+def test_shuffled_rows_are_put_back_in_place_by_the_workers(executor, no_host_scatter):
+    data = np.linspace(0, 50, BIG)
+    alloc = executor.arrange(data, shuffle=7)
+    results = executor.gather(executor.distribute(trig, alloc))
+    for i, piece in enumerate(results):
+        assert not piece.flags.writeable  # the ordered copy cannot go stale
+        np.testing.assert_array_equal(piece, trig(alloc[i]))
+    result = alloc.reassemble(results)
+    assert "mmap" in base_chain(result)
+    assert result.flags.writeable
+    np.testing.assert_array_equal(result, trig(data))
+
+
+def test_the_ordered_copy_is_handed_out_once(executor):
+    data = np.linspace(0, 50, BIG)
+    alloc = executor.arrange(data, shuffle=True)
+    results = executor.gather(executor.distribute(trig, alloc))
+    first = alloc.reassemble(results)
+    second = alloc.reassemble(results)  # scattered on the host, into a new array
+    assert not np.shares_memory(first, second)
+    np.testing.assert_array_equal(first, trig(data))
+    np.testing.assert_array_equal(second, trig(data))
+
+
+@pytest.mark.parametrize("change", ["copy", "unlock"])
+def test_changed_results_are_scattered_on_the_host(executor, change):
+    data = np.linspace(0, 50, BIG)
+    alloc = executor.arrange(data, shuffle=True)
+    results = executor.gather(executor.distribute(trig, alloc))
+    if change == "copy":
+        results = [piece.copy() for piece in results]
+    else:
+        results[1].flags.writeable = True  # the user insists: the ordered copy is not used
+    results[1][:10] = -1.0
+    expected = trig(data)
+    expected[alloc.indices(1)[:10]] = -1.0
+    np.testing.assert_array_equal(alloc.reassemble(results), expected)
+
+
+def test_results_reassembled_by_another_allocation_use_its_order(executor):
+    data = np.linspace(0, 50, BIG)
+    alloc = executor.arrange(data, shuffle=1)
+    other = executor.arrange(data, shuffle=2)
+    results = executor.gather(executor.distribute(trig, alloc))
+    expected = np.empty_like(data)
+    for i, piece in enumerate(results):
+        expected[other.indices(i)] = piece
+    np.testing.assert_array_equal(other.reassemble(results), expected)
+    np.testing.assert_array_equal(alloc.reassemble(results), trig(data))
+
+
+def test_structured_shuffled_results_are_scattered_on_the_host(executor):
+    data = np.linspace(0, 50, BIG)
+    alloc = executor.arrange(data, shuffle=True)
+    results = executor.gather(executor.distribute(lambda c: {"y": trig(c), "x": c}, alloc))
+    assert all(piece["y"].flags.writeable for piece in results)  # nothing was placed
+    out = alloc.reassemble(results)
+    np.testing.assert_array_equal(out["y"], trig(data))
+    np.testing.assert_array_equal(out["x"], data)
+
+
 def test_results_of_another_shape_or_dtype(executor):
     data = np.linspace(0, 1, BIG)
     alloc = executor.arrange(data, shuffle=True)

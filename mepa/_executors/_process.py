@@ -10,6 +10,12 @@
                                                   fn(view) -> result
       ◀──────────── handles of result segments ── big result arrays → shared memory
       view of the segment (no copy); the segment is freed with the last view
+    distribute(fn, alloc)
+      └─ alloc's data ─▶ pooled segment, once ─▶  take own chunk (view, or gather of blocks)
+                                                  fn(chunk) -> result: copy to its region of
+                                                  one output buffer; if shuffled, also put its
+                                                  rows back in place in an ordered buffer
+      reassemble: the output (unshuffled) or the ordered buffer (shuffled), no copy
     events: ctx.fire ─ batched ─▶ private AF_UNIX socket (authkey) ─▶ dispatcher thread
 
 Tasks are pickled with cloudpickle, so lambdas and closures defined in ``__main__`` work.
@@ -20,12 +26,14 @@ from __future__ import annotations
 import concurrent.futures
 import re
 import threading
+import uuid
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from .._allocation import Allocation, ChunkSelection
+from .._allocation import Allocation, ChunkSelection, PlacedRows
 from .._errors import SerializationError, WorkerCrashedError
 from .._payload import SharedResult, dumps_shared, loads_result, run_payload
 from .._shm import (
@@ -35,6 +43,7 @@ from .._shm import (
     SegmentPool,
     SegmentRef,
     SharedArray,
+    open_region,
 )
 from .._worker import Worker, make_workers, physical_cores
 from ._base import ChunkCall, DistributePlan, Executor, LazyChunk
@@ -151,6 +160,8 @@ class ProcessExecutor(Executor):
         output: OutputBuffer | None = None
         if hint is not None:
             fn = ChunkCall(fn)
+            if hint.placement is not None:
+                fn = hint.placement.wrap(fn)
             slot, output = hint.slot, hint.output
         pool = self._pool()
         payload, leases = dumps_shared((fn, args, kwargs), pool, self._threshold)
@@ -352,11 +363,17 @@ def _is_broken(engine: Any) -> bool:
 class _ChunkHint:
     """Chunk ``i``'s part of a shared distribute: where its result should go."""
 
-    __slots__ = ("output", "slot")
+    __slots__ = ("output", "placement", "slot")
 
-    def __init__(self, output: OutputBuffer | None, slot: SegmentRef | None) -> None:
+    def __init__(
+        self,
+        output: OutputBuffer | None,
+        slot: SegmentRef | None,
+        placement: _PlaceRows | None = None,
+    ) -> None:
         self.output = output
         self.slot = slot
+        self.placement = placement
 
 
 class _SharedPlan(DistributePlan):
@@ -365,7 +382,10 @@ class _SharedPlan(DistributePlan):
     Every worker then takes its own chunk from the shared source (a view when unshuffled,
     its gather of blocks when shuffled), in parallel, and copies its result into the region
     of one shared output buffer where its rows sit, so that unshuffled results come back as
-    adjacent views that :meth:`~mepa.Allocation.reassemble` returns without a copy.
+    adjacent views that :meth:`~mepa.Allocation.reassemble` returns without a copy. When the
+    first allocation is shuffled, each worker also writes its result's rows to their original
+    positions in a second buffer (a :class:`~mepa._allocation.PlacedRows`), which
+    ``reassemble`` then returns: the scatter runs in the workers, not on the host.
     """
 
     def __init__(self, pool: SegmentPool, allocations: list[Allocation], threshold: int) -> None:
@@ -392,14 +412,30 @@ class _SharedPlan(DistributePlan):
         row_bytes = template.dtype.itemsize * int(np.prod(template.shape[1:], dtype=np.int64))
         self._output: OutputBuffer | None = None
         self._regions: list[SegmentRef | None] = [None] * len(first)
+        self._placements: list[_PlaceRows | None] = [None] * len(first)
         total = first.n * row_bytes
         if row_bytes and total >= threshold and template.dtype != object:
             self._output = OutputBuffer(pool.lease(total))
             for i, (offset, size) in enumerate(zip(first.offsets, first.sizes, strict=True)):
                 self._regions[i] = self._output.region(offset * row_bytes, size * row_bytes)
+            if first.shuffled:
+                self._plan_placement(pool, first, total, row_bytes)
+
+    def _plan_placement(
+        self, pool: SegmentPool, alloc: Allocation, total: int, row_bytes: int
+    ) -> None:
+        assert self._output is not None
+        ordered = OutputBuffer(pool.lease(total))
+        placed = PlacedRows(alloc, ordered.owner)
+        placed.watch(self._output.owner)
+        token = uuid.uuid4().hex
+        _PLACEMENTS[token] = placed
+        target = ordered.region(0, total)
+        for i in range(len(alloc)):
+            self._placements[i] = _PlaceRows(target, alloc.selection(i), row_bytes, token, i)
 
     def hint(self, i: int) -> _ChunkHint:
-        return _ChunkHint(self._output, self._regions[i])
+        return _ChunkHint(self._output, self._regions[i], self._placements[i])
 
     def finish(self, futures: Sequence[concurrent.futures.Future[Any]]) -> None:
         self._output = None  # the futures' hints keep it alive while needed
@@ -443,6 +479,94 @@ class _SharedChunk(LazyChunk):
     def resolve(self) -> Any:
         pieces = tuple(self.selection.take(source.open()) for source in self.sources)
         return pieces if self.many else pieces[0]
+
+
+# Ordered copies waiting for the results of their tasks, by token (see _Placed).
+_PLACEMENTS: weakref.WeakValueDictionary[str, PlacedRows] = weakref.WeakValueDictionary()
+
+
+class _PlaceRows:
+    """In the worker: run the task, then write its result's rows to their original positions.
+
+    The result must have one row per input row and the row size the plan sized the ordered
+    copy for; anything else is returned as it is (``reassemble`` then scatters on the host).
+    """
+
+    __slots__ = ("chunk", "row_bytes", "selection", "target", "token")
+
+    def __init__(
+        self, target: SegmentRef, selection: ChunkSelection, row_bytes: int, token: str, chunk: int
+    ) -> None:
+        self.target = target
+        self.selection = selection
+        self.row_bytes = row_bytes
+        self.token = token
+        self.chunk = chunk
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            _PlaceRows,
+            (self.target, self.selection, self.row_bytes, self.token, self.chunk),
+        )
+
+    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``fn`` followed by the placement of its result."""
+        return _Placing(fn, self)
+
+    def place(self, result: Any) -> Any:
+        """Write ``result``'s rows in place if it fits; return what the host should receive."""
+        if (
+            type(result) is not np.ndarray
+            or result.ndim == 0
+            or result.dtype.hasobject
+            or len(result) != self.selection.size
+            or result.dtype.itemsize * int(np.prod(result.shape[1:], dtype=np.int64))
+            != self.row_bytes
+        ):
+            return result
+        n = self.selection.n
+        buffer = open_region(self.target)
+        rows = buffer[: n * self.row_bytes].view(result.dtype).reshape((n, *result.shape[1:]))
+        self.selection.put(rows, result)
+        return _Placed(result, self.token, self.chunk)
+
+
+class _Placing:
+    """The callable a worker runs for a chunk whose rows it also puts back in place."""
+
+    __slots__ = ("fn", "placement")
+
+    def __init__(self, fn: Callable[..., Any], placement: _PlaceRows) -> None:
+        self.fn = fn
+        self.placement = placement
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_Placing, (self.fn, self.placement))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.placement.place(self.fn(*args, **kwargs))
+
+
+class _Placed:
+    """A result whose rows the worker wrote to the ordered copy; unpickles to the array."""
+
+    __slots__ = ("array", "chunk", "token")
+
+    def __init__(self, array: Any, token: str, chunk: int) -> None:
+        self.array = array
+        self.token = token
+        self.chunk = chunk
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_mark_placed, (self.array, self.token, self.chunk))
+
+
+def _mark_placed(array: Any, token: str, chunk: int) -> Any:
+    """On the host: tell the ordered copy that chunk ``chunk`` is in; return the result."""
+    placed = _PLACEMENTS.get(token)
+    if placed is not None and isinstance(array, np.ndarray):
+        placed.mark(chunk, array)
+    return array
 
 
 def _first_exit_code(text: str) -> int | None:
