@@ -140,9 +140,17 @@ class _Flushable(Protocol):
     def flush(self) -> None: ...
 
 
+class _Polled(Protocol):
+    @property
+    def pending(self) -> bool: ...
+
+    def flush(self) -> None: ...
+
+
 _DEFERRED: dict[int, tuple[_Flushable, float]] = {}
 _DEFERRED_LOCK = threading.Lock()
 _AT_TASK_END: weakref.WeakSet[_Flushable] = weakref.WeakSet()
+_POLLED: weakref.WeakSet[_Polled] = weakref.WeakSet()
 
 
 def in_task() -> bool:
@@ -450,12 +458,19 @@ class _Flusher:
     def _run(self) -> None:
         tick = min(FLUSH_SECONDS, DEFERRED_SECONDS) / 2
         while True:
-            if not _DEFERRED and not any(s.pending for s in list(_SENDERS.values())):
+            if (
+                not _DEFERRED
+                and not _POLLED
+                and not any(s.pending for s in list(_SENDERS.values()))
+            ):
                 self._wake.wait()
                 self._wake.clear()
             time.sleep(tick)
             try:
                 _flush_deferred(older_than=DEFERRED_SECONDS)
+                for obj in list(_POLLED):
+                    if obj.pending:
+                        obj.flush()
                 for sender in list(_SENDERS.values()):
                     sender.flush(older_than=FLUSH_SECONDS)
             except Exception:
@@ -472,6 +487,17 @@ def _flush_at_task_end(obj: _Flushable) -> None:
     sends is in the buffers before :func:`run_task` flushes them.
     """
     _AT_TASK_END.add(obj)
+
+
+def _poll(obj: _Polled) -> None:
+    """Have ``obj.flush()`` called by the flusher thread, whenever ``obj.pending``, while obj lives.
+
+    For objects that gather work without calling anything per item (a list's ``append``), so
+    that they cannot call :func:`_flush_soon`. Keep such objects short-lived (a task's
+    arguments): the flusher wakes every few tens of milliseconds while any is alive.
+    """
+    _POLLED.add(obj)
+    _FLUSHER.poke()
 
 
 def _flush_soon(obj: _Flushable) -> None:
@@ -505,6 +531,7 @@ def _after_fork_in_child() -> None:
     _SENDERS.clear()
     _DEFERRED.clear()
     _AT_TASK_END.clear()
+    _POLLED.clear()
     _HUBS_LOCK = threading.Lock()
     _SENDERS_LOCK = threading.Lock()
     _DEFERRED_LOCK = threading.Lock()

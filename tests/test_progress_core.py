@@ -8,6 +8,7 @@ import logging
 import os
 import pickle
 import threading
+import time
 
 import cloudpickle
 import loky
@@ -82,6 +83,78 @@ def test_no_update_is_dropped_between_sequential_tasks(hub, pool):
     assert progress.total == 1_500
     progress.dispose()
     assert progress.finished
+
+
+def update_from_threads(progress, threads, per_thread):
+    """In a worker: ``update(1)`` from several threads at once; how many calls were made."""
+
+    def work():
+        for _ in range(per_thread):
+            progress.update(1)
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+    return threads * per_thread
+
+
+def test_worker_updates_from_many_threads_all_arrive_coalesced(hub, pool):
+    progress = make_bar(hub)
+    messages = []
+    hub.on(progress._ctx.event, lambda kind, *rest: messages.append((kind, *rest)))
+    futures = [
+        settle(hub, pool.submit(run_task, update_from_threads, progress, 4, 50_000))
+        for _ in range(2)
+    ]
+    assert sum(f.result(timeout=30) for f in futures) == 400_000
+    assert progress.n == 400_000
+    updates = [m for m in messages if m[0] == 0]
+    assert sum(m[1] for m in updates) == 400_000
+    assert len(updates) < 1_000  # summed, not one message per update
+    progress.close()
+
+
+def update_then_wait(progress, marker, n):
+    """In a worker: ``update(n)``, then wait (at most 30 s) for the host to create ``marker``."""
+    progress.update(n)
+    deadline = time.monotonic() + 30
+    while not os.path.exists(marker):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_worker_updates_reach_the_host_while_the_task_runs(hub, pool, tmp_path):
+    progress = make_bar(hub)
+    marker = tmp_path / "go"
+    future = settle(hub, pool.submit(run_task, update_then_wait, progress, str(marker), 7))
+    deadline = time.monotonic() + 20
+    while progress.n < 7 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    seen = progress.n
+    marker.touch()  # only now may the task end
+    assert future.result(timeout=30) is True
+    assert seen == 7  # sent by the worker's flusher thread, before the task ended
+    progress.close()
+
+
+def test_update_with_a_non_number_in_a_worker_is_reported_on_the_host(hub, pool, caplog):
+    progress = make_bar(hub, total=3)
+
+    def task():
+        progress.update(1)
+        progress.update("two")
+        progress.update(2)
+
+    with caplog.at_level(logging.ERROR, logger="mepa.progress"):
+        settle(hub, pool.submit(run_task, task)).result(timeout=30)
+    assert progress.n == 3  # the numbers arrive
+    assert "'two' (str), which is not a number" in caplog.text
+    assert "1 such update(s) ignored" in caplog.text
+    progress.close()
 
 
 def test_updates_in_a_task_are_coalesced(hub):
