@@ -384,19 +384,8 @@ class Progress:
             done = counter.done
             n += done - counter.sent
             counter.sent = done
-        updates = self._updates
-        if updates:
-            # Other threads may append meanwhile: take the first k, which nobody else removes.
-            k = len(updates)
-            taken = updates[:k]
-            del updates[:k]
-            try:
-                n += sum(taken)
-            except TypeError:
-                good = [v for v in taken if isinstance(v, numbers.Real)]
-                bad = next(v for v in taken if not isinstance(v, numbers.Real))
-                n += sum(good)
-                self._ctx.fire(_INVALID, f"{bad!r} ({type(bad).__name__})", len(taken) - len(good))
+        if self._updates:
+            n += _take_updates(self._updates, self._ctx)
         if n:
             self._ctx.fire(_UPDATE, n)
 
@@ -441,6 +430,28 @@ class Progress:
         if not self._finished and not self._host_holds and self._holds == 0:
             self._finished = True
             self._bar.close()
+
+
+def _take_updates(updates: list[Any], ctx: EventContext) -> Any:
+    """Empty a proxy's list of updates; their sum (values that are not numbers reported)."""
+    # Other threads may append meanwhile: take the first k, which nobody else removes.
+    k = len(updates)
+    taken = updates[:k]
+    del updates[:k]
+    try:
+        return sum(taken)
+    except TypeError:
+        good = [v for v in taken if isinstance(v, numbers.Real)]
+        bad = next(v for v in taken if not isinstance(v, numbers.Real))
+        ctx.fire(_INVALID, f"{bad!r} ({type(bad).__name__})", len(taken) - len(good))
+        return sum(good)
+
+
+def _send_left_over(updates: list[Any], ctx: EventContext) -> None:
+    """When a proxy is collected (a task dropped its arguments): send its last updates."""
+    n = _take_updates(updates, ctx)
+    if n:
+        ctx.fire(_UPDATE, n)
 
 
 class _Counter:
@@ -488,4 +499,7 @@ def _rebuild_progress(progress_id: str, ctx: EventContext) -> Progress:
     # and at the end of the task.
     vars(proxy)["update"] = proxy._updates.append
     _poll(proxy)
+    # A task may drop its arguments before it ends (and run_task flushes): the updates of a
+    # collected proxy go out at once, into the buffer that run_task sends.
+    weakref.finalize(proxy, _send_left_over, proxy._updates, ctx).atexit = False
     return proxy
