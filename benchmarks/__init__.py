@@ -5,7 +5,7 @@ Run ``python -m benchmarks --help``; see ``benchmarks/README.md`` for what each 
 Layout::
 
     run.py          command line, output folder
-    _harness.py     setup / warm-up / interleaved timing / teardown of variants
+    _harness.py     setup / warm-up / timing in pairs with the baseline / teardown
     _stats.py       pure statistics, ratios and target checks
     _report.py      Markdown, JSON and PNG output
     _machine.py     machine and library versions

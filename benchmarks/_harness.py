@@ -1,18 +1,38 @@
-"""The runner: set up variants, warm them up, time them interleaved, tear them down.
+"""The runner: each variant set up alone, timed in pairs with its group's baseline, torn down.
 
-Flow of one group of variants A, B, C::
+Flow of one group with baseline B and variants V1, V2::
 
-    setup A, setup B, setup C          (untimed: pools, clusters, input data)
-    warm-up A, B, C  + check results   (untimed)
-    probe worker PIDs                  (untimed, process variants only)
-    repeat N times:  A, B, C           (timed, interleaved so drift hits every variant alike)
-    probe worker PIDs again            (untimed: did a worker restart?)
-    teardown C, B, A                   (always, also on error or timeout)
+    setup B, warm-up B + check result    (untimed; B stays alive for the whole group)
+    probe B's worker PIDs                (untimed, pools only; until every worker is up)
+    for V in V1, V2 (group order):
+        setup V                          (untimed: pools, clusters, input data)
+        warm-up V + check result         (untimed)
+        probe V's worker PIDs            (untimed, pools only; until every worker is up)
+        repeat N times:  B, V            (timed, in pairs)
+        probe V's worker PIDs again      (untimed: did a worker restart?)
+        teardown V                       (always, also on error or timeout)
+    probe B's worker PIDs again          (untimed)
+    teardown B                           (always)
 
-A variant whose setup or call raises is recorded as failed with the error text and dropped
-from the remaining repetitions; the others go on. A variant that needs a library that is not
-installed is recorded as skipped. Each setup and call runs under a deadline (SIGALRM on POSIX,
-main thread only) so a hung pool fails its variant instead of hanging the run.
+Only V's pools and clusters, and B's if it has any, are alive while V is timed. The runner
+used to set up every variant of a group first and time them interleaved (A, B, C, A, B, C,
+...), so the idle pools of the other engines ran next to the timed one: on a 2-core machine
+an idle Dask ``LocalCluster`` (a scheduler thread in this process and 2 worker processes)
+takes about 15% of one core in heartbeats and monitors, and each keep-alive mpire worker
+about 1.5%; with them alive, mepa's ProcessExecutor ran ``cpu_map`` 1.62x faster than serial
+instead of about 1.95x alone. A user runs one engine at a time, and so does the benchmark.
+
+Within a pair, B and V see the same load, so V's speedup vs B is the median over its pairs of
+``B_i / V_i``: robust to load that drifts from one variant's block to the next. The baseline's
+own record pools the times of all its pairs. Two variants are compared through the baseline
+(the ratio of their paired speedups). A group without a baseline times each variant alone in
+its block (V, V, V, ...); ratios between its variants are ratios of medians.
+
+A variant whose setup, warm-up or call raises is recorded as failed with the error text and
+its block ends; the others go on. If the baseline fails, the variants after it are timed alone
+and no variant of the group gets a paired speedup. A variant that needs a library that is not
+installed is recorded as skipped. Each setup, call and teardown runs under a deadline (SIGALRM
+on POSIX, main thread only) so a hung pool fails its variant instead of hanging the run.
 """
 
 from __future__ import annotations
@@ -25,9 +45,18 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
-from ._stats import Summary, Target, TargetResult, best_of, evaluate_target, rate, speedup
+from ._stats import (
+    Pairs,
+    Summary,
+    Target,
+    TargetResult,
+    best_of,
+    evaluate_target,
+    rate,
+    relative_speedup,
+)
 from ._stats import summarize as _summarize
 
 __all__ = [
@@ -40,13 +69,16 @@ __all__ = [
     "ScenarioPlan",
     "Variant",
     "VariantTimeout",
+    "add_ratios",
     "deadline",
+    "group_pairs",
     "run_group",
     "run_scenario",
 ]
 
 Role = Literal["serial", "mepa", "competitor", "reference"]
 Status = Literal["ok", "failed", "skipped"]
+Log = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -58,7 +90,8 @@ class RunConfig:
     quick
         Small sizes for a smoke test.
     repeat
-        Timed repetitions per variant (warm-up excluded).
+        Timed repetitions per variant (warm-up excluded): pairs (baseline, variant) in a group
+        with a baseline.
     workers
         Workers of every pool and cluster.
     warmup
@@ -102,9 +135,10 @@ class Prepared:
         Called on the warm-up result (untimed); raise to mark the variant as failed because its
         output is wrong.
     pids
-        Returns the PIDs of the pool's workers, probed after the warm-up and after the last
-        repetition to report worker restarts (loky restarts a worker whose memory grows by more
-        than 300 MB between tasks).
+        Returns the PIDs of the pool's workers, probed after the warm-up (again until all
+        :attr:`RunConfig.workers` answered) and after the last repetition (the baseline's:
+        after the group's last block) to report worker restarts (loky restarts a worker whose
+        memory grows by more than 300 MB between tasks).
     note
         Free text for the report (e.g. the chunksize a tuning pass chose).
     """
@@ -131,9 +165,9 @@ class Variant:
         (another library; the fastest one is the "best competitor") or ``"reference"``
         (a point of comparison that is neither, e.g. ``python -c pass``).
     setup
-        Called once, untimed, with an ``ExitStack`` that the runner closes after the group:
-        register every pool and cluster on it. Returns the timed callable or a
-        :class:`Prepared`.
+        Called once, untimed, with an ``ExitStack`` that the runner closes at the end of the
+        variant's block (the baseline's: at the end of its group): register every pool and
+        cluster on it. Returns the timed callable or a :class:`Prepared`.
     description
         One line for the report.
     requires
@@ -152,7 +186,7 @@ class Variant:
 
 @dataclass(frozen=True)
 class Group:
-    """Variants timed together, interleaved, with one baseline.
+    """Variants timed one after another, each alone with the group's baseline.
 
     Parameters
     ----------
@@ -161,9 +195,11 @@ class Group:
     timed
         What exactly the timed region covers.
     variants
-        In the order they are interleaved.
+        In the order their blocks run (the baseline's position does not matter).
     baseline
-        Name of the variant speedups are taken against, or None.
+        Name of the variant every other one is timed in pairs with, and speedups are taken
+        against; set up first and kept alive for the whole group. None: each variant is
+        timed alone.
     unit
         What ``items`` counts (``"tasks"``, ``"events"``), for the rate column.
     """
@@ -227,14 +263,15 @@ class Scenario:
     description
         What is computed and why.
     build
-        ``build(config, resources) -> ScenarioPlan``; must not start pools itself (variants do
-        that in their setup, so a failure stays local to one variant).
+        ``build(config) -> ScenarioPlan``; must not start pools itself (variants do that in
+        their setup, so a failure stays local to one variant and a pool lives only during its
+        variant's block).
     """
 
     name: str
     title: str
     description: str
-    build: Callable[[RunConfig, Any], ScenarioPlan]
+    build: Callable[[RunConfig], ScenarioPlan]
 
 
 class VariantTimeout(Exception):
@@ -298,9 +335,15 @@ class _State:
     error: str | None = None
     notes: list[str] = field(default_factory=list)
     times: list[float] = field(default_factory=list)
+    # The baseline's time before each of ``times``; None when not timed in pairs.
+    baseline_times: list[float] | None = None
     prepared: Prepared | None = None
     pids_before: list[int] | None = None
     pids_after: list[int] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
 
     def fail(self, exc: BaseException, when: str) -> None:
         self.status = "failed"
@@ -329,10 +372,137 @@ def _probe(state: _State, timeout: float) -> list[int] | None:
         return None
 
 
+#: Seconds the first PID probe keeps probing for workers that are still starting.
+WORKER_START_WAIT = 10.0
+
+
+def _probe_started(state: _State, config: RunConfig) -> list[int] | None:
+    """The PIDs of a pool's workers once all ``config.workers`` of them answered a probe.
+
+    A pool may still be starting its last workers when a short warm-up returns; they must be up
+    before timing starts (a worker starting during the first timed call would count as slow
+    and as a restart). Probes until every worker was seen, for at most
+    :data:`WORKER_START_WAIT` seconds; returns the union of the PIDs seen.
+    """
+    pids = _probe(state, config.call_timeout)
+    give_up = time.perf_counter() + WORKER_START_WAIT
+    while pids is not None and len(pids) < config.workers:
+        if time.perf_counter() > give_up:
+            state.notes.append(
+                f"only {len(pids)} of {config.workers} workers answered the PID probe within "
+                f"{WORKER_START_WAIT:g} s of the warm-up"
+            )
+            break
+        more = _probe(state, config.call_timeout)
+        if more is None:
+            break
+        pids = sorted(set(pids) | set(more))
+    return pids
+
+
+def _prepare(state: _State, stack: contextlib.ExitStack, config: RunConfig, log: Log) -> bool:
+    """Set up ``state``'s variant on ``stack``, warm it up, check its result, probe its PIDs.
+
+    The probe waits for every worker to start, so that no worker starts during the timed calls.
+
+    Returns
+    -------
+    bool
+        True if the variant is ready to be timed; otherwise it is marked skipped or failed.
+    """
+    name = state.variant.name
+    missing = _missing(state.variant.requires)
+    if missing:
+        state.status = "skipped"
+        state.notes.append(f"not installed: {', '.join(missing)}")
+        log(f"  {name}: skipped ({', '.join(missing)} not installed)")
+        return False
+    try:
+        with deadline(config.call_timeout, f"{name} setup"):
+            prepared = state.variant.setup(stack)
+    except Exception as exc:  # noqa: BLE001
+        state.fail(exc, "setup")
+        log(f"  {name}: {state.error}")
+        return False
+    if not isinstance(prepared, Prepared):
+        prepared = Prepared(call=prepared)
+    state.prepared = prepared
+    if prepared.note:
+        state.notes.append(prepared.note)
+    for i in range(config.warmup):
+        try:
+            _, out = _time_call(state, config.call_timeout)
+            if i == 0 and prepared.check:
+                prepared.check(out)
+            del out
+        except Exception as exc:  # noqa: BLE001
+            state.fail(exc, "warm-up")
+            log(f"  {name}: {state.error}")
+            return False
+    state.pids_before = _probe_started(state, config)
+    return True
+
+
+def _time(state: _State, config: RunConfig, log: Log, context: str = "") -> float | None:
+    """Time one call of ``state``'s variant; on error mark it failed and return None."""
+    try:
+        seconds, _ = _time_call(state, config.call_timeout)
+    except Exception as exc:  # noqa: BLE001
+        state.fail(exc, f"repetition {len(state.times) + 1}{context}")
+        log(f"  {state.variant.name}: {state.error}")
+        return None
+    state.times.append(seconds)
+    return seconds
+
+
+def _time_block(state: _State, base: _State | None, config: RunConfig, log: Log) -> None:
+    """Time ``state`` ``config.repeat`` times, each call right after one of ``base`` if it is ok.
+
+    If the baseline fails during the block, the variant's remaining calls are timed alone.
+    """
+    baseline_times: list[float] | None = [] if base is not None and base.ok else None
+    state.baseline_times = baseline_times
+    for _ in range(config.repeat):
+        before: float | None = None
+        if base is not None and base.ok:
+            before = _time(base, config, log, f" (paired with {state.variant.name})")
+        seconds = _time(state, config, log)
+        if seconds is None:
+            return
+        if baseline_times is not None and before is not None:
+            baseline_times.append(before)
+
+
+def _teardown(
+    stack: contextlib.ExitStack, what: str, config: RunConfig, errors: list[str], log: Log
+) -> None:
+    """Close ``stack`` under the deadline; record an error instead of raising it."""
+    try:
+        with deadline(config.call_timeout, f"{what} teardown"):
+            stack.close()
+    except Exception as exc:  # noqa: BLE001
+        errors.append(f"{what}: {_error_text(exc)}")
+        log(f"  teardown of {errors[-1]}")
+
+
+def _block_summary(state: _State, baseline: str | None) -> str:
+    """One log line: status, median and paired speedup of a variant."""
+    text = f"  {state.variant.name}: {state.status}"
+    if state.times:
+        median = _summarize(state.times).median
+        text += f", median {median * 1e3:.1f} ms over {len(state.times)}"
+    if baseline is not None and state.baseline_times:
+        pairs = Pairs(baseline, tuple(state.baseline_times), tuple(state.times))
+        value = pairs.speedup()
+        if value is not None:
+            text += f", {value:.2f}x {baseline} (paired)"
+    return text
+
+
 def run_group(
-    group: Group, config: RunConfig, log: Callable[[str], None] = lambda s: None
+    group: Group, config: RunConfig, log: Log = lambda s: None
 ) -> tuple[list[dict[str, object]], str | None]:
-    """Set up, warm up, time (interleaved) and tear down the variants of ``group``.
+    """Time each variant of ``group`` alone, in pairs with the baseline (see the module doc).
 
     Parameters
     ----------
@@ -347,79 +517,47 @@ def run_group(
     -------
     records : list of dict
         One JSON-ready record per variant, in group order, with ``status`` (``"ok"``,
-        ``"failed"`` or ``"skipped"``), ``error``, ``times``, ``stats``, ``rate`` and the worker
-        PIDs before and after. Ratios are added by :func:`add_ratios`.
+        ``"failed"`` or ``"skipped"``), ``error``, ``times``, ``stats``, ``rate``, the worker
+        PIDs before and after, and, for a variant timed in pairs, ``baseline_times`` (the
+        baseline's time just before each of ``times``) and ``paired_ratios`` (baseline time /
+        variant time, pair by pair); both are None otherwise, and for every variant if the
+        baseline failed. The baseline's ``times`` pool all its pairs. Ratios are added by
+        :func:`add_ratios`.
     teardown_error : str or None
-        The error raised while closing the group's pools, if any.
+        The errors raised while closing pools, by variant, if any.
     """
     states = [_State(v) for v in group.variants]
-    stack = contextlib.ExitStack()
-    teardown_error: str | None = None
+    base = next((s for s in states if s.variant.name == group.baseline), None)
+    errors: list[str] = []
+    base_stack = contextlib.ExitStack()
     try:
+        if base is not None and _prepare(base, base_stack, config, log):
+            log(f"  {base.variant.name}: baseline, set up for the whole group")
         for state in states:
-            missing = _missing(state.variant.requires)
-            if missing:
-                state.status = "skipped"
-                state.notes.append(f"not installed: {', '.join(missing)}")
-                log(f"  {state.variant.name}: skipped ({', '.join(missing)} not installed)")
+            if state is base:
                 continue
+            stack = contextlib.ExitStack()
             try:
-                with deadline(config.call_timeout, f"{state.variant.name} setup"):
-                    prepared = state.variant.setup(stack)
-            except Exception as exc:  # noqa: BLE001
-                state.fail(exc, "setup")
-                log(f"  {state.variant.name}: {state.error}")
-                continue
-            if not isinstance(prepared, Prepared):
-                prepared = Prepared(call=prepared)
-            state.prepared = prepared
-            if prepared.note:
-                state.notes.append(prepared.note)
-
-        active = [s for s in states if s.status == "ok"]
-
-        for i in range(config.warmup):
-            for state in active:
-                if state.status != "ok":
-                    continue
-                try:
-                    _, out = _time_call(state, config.call_timeout)
-                    if i == 0 and state.prepared is not None and state.prepared.check:
-                        state.prepared.check(out)
-                    del out
-                except Exception as exc:  # noqa: BLE001
-                    state.fail(exc, "warm-up")
-                    log(f"  {state.variant.name}: {state.error}")
-
-        # Probe after the warm-up: by then every worker has started.
-        for state in active:
-            if state.status == "ok":
-                state.pids_before = _probe(state, config.call_timeout)
-
-        for _ in range(config.repeat):
-            for state in active:
-                if state.status != "ok":
-                    continue
-                try:
-                    seconds, _ = _time_call(state, config.call_timeout)
-                except Exception as exc:  # noqa: BLE001
-                    state.fail(exc, f"repetition {len(state.times) + 1}")
-                    log(f"  {state.variant.name}: {state.error}")
-                    continue
-                state.times.append(seconds)
-
-        for state in active:
-            if state.status == "ok":
-                state.pids_after = _probe(state, config.call_timeout)
+                if _prepare(state, stack, config, log):
+                    _time_block(state, base, config, log)
+                    if state.ok:
+                        state.pids_after = _probe(state, config.call_timeout)
+            finally:
+                # Close this variant's pools before the next variant is set up.
+                _teardown(stack, state.variant.name, config, errors, log)
+            log(_block_summary(state, group.baseline if base is not None and base.ok else None))
+        if base is not None:
+            # Fewer pairs than repetitions (the other variants failed or were skipped): time
+            # the baseline alone for the rest.
+            while base.ok and len(base.times) < config.repeat:
+                _time(base, config, log, " (alone)")
+            if base.ok:
+                base.pids_after = _probe(base, config.call_timeout)
+            log(_block_summary(base, None))
     finally:
-        # Close every pool and cluster, in reverse order of creation, even on error.
-        try:
-            with deadline(config.call_timeout, "teardown"):
-                stack.close()
-        except Exception as exc:  # noqa: BLE001
-            teardown_error = _error_text(exc)
-            log(f"  teardown: {teardown_error}")
+        _teardown(base_stack, f"{group.baseline} (baseline)", config, errors, log)
 
+    paired = base is not None and base.ok
     records: list[dict[str, object]] = []
     for state in states:
         v = state.variant
@@ -428,6 +566,9 @@ def run_group(
         respawned: int | None = None
         if state.pids_before is not None and state.pids_after is not None:
             respawned = len(set(state.pids_after) - set(state.pids_before))
+        pairs: Pairs | None = None
+        if paired and group.baseline is not None and state.baseline_times:
+            pairs = Pairs(group.baseline, tuple(state.baseline_times), tuple(state.times))
         records.append(
             {
                 "name": v.name,
@@ -440,20 +581,44 @@ def run_group(
                 "stats": summary.as_dict() if summary else None,
                 "items": v.items,
                 "rate": rate(v.items, median),
+                "baseline_times": list(pairs.baseline_times) if pairs else None,
+                "paired_ratios": pairs.ratios() if pairs else None,
                 "pids_before": state.pids_before,
                 "pids_after": state.pids_after,
                 "respawned_workers": respawned,
             }
         )
-        log(
-            f"  {v.name}: {state.status}"
-            + (f", median {median * 1e3:.1f} ms over {summary.n}" if summary and median else "")
-        )
-    return records, teardown_error
+    return records, "; ".join(errors) or None
+
+
+def group_pairs(records: Sequence[Mapping[str, object]], baseline: str | None) -> dict[str, Pairs]:
+    """The pairs of each variant of a group timed with its baseline, by variant name.
+
+    Parameters
+    ----------
+    records
+        Records of one group, as returned by :func:`run_group`.
+    baseline
+        Name of the group's baseline, or None (no pairs).
+    """
+    if baseline is None:
+        return {}
+    pairs = {}
+    for r in records:
+        baseline_times, times = r.get("baseline_times"), r.get("times")
+        if isinstance(baseline_times, list) and baseline_times and isinstance(times, list):
+            pairs[str(r["name"])] = Pairs(baseline, tuple(baseline_times), tuple(times))
+    return pairs
 
 
 def add_ratios(records: list[dict[str, object]], baseline: str | None) -> str | None:
     """Add ``speedup_vs_baseline`` and ``speedup_vs_best_competitor`` to each record.
+
+    When the group's variants were timed in pairs with the baseline, the speedup vs the
+    baseline is each variant's paired speedup (1 for the baseline itself), the best
+    competitor is the one with the highest, and the speedup vs it is the ratio of the two
+    paired speedups. Otherwise (no baseline, or it failed) there is no speedup vs the
+    baseline, and the best competitor is the one with the lowest median, compared by medians.
 
     Parameters
     ----------
@@ -465,15 +630,26 @@ def add_ratios(records: list[dict[str, object]], baseline: str | None) -> str | 
     Returns
     -------
     str or None
-        The best competitor's name (lowest median among ``role == "competitor"``).
+        The best competitor's name (``role == "competitor"``).
     """
     medians = {str(r["name"]): _median(r) for r in records}
+    pairs = group_pairs(records, baseline)
     competitors = [str(r["name"]) for r in records if r["role"] == "competitor"]
-    best = best_of(medians, competitors)
+    paired_baseline = baseline if pairs else None
+    if paired_baseline is not None:
+        # Each variant's time in units of the baseline's, from its own pairs.
+        relative = {n: relative_speedup(n, paired_baseline, medians, pairs) for n in medians}
+        best = best_of(relative, competitors)
+    else:
+        best = best_of(medians, competitors)
     for r in records:
-        med = medians[str(r["name"])]
-        r["speedup_vs_baseline"] = speedup(medians.get(baseline), med) if baseline else None
-        r["speedup_vs_best_competitor"] = speedup(medians.get(best), med) if best else None
+        name = str(r["name"])
+        r["speedup_vs_baseline"] = (
+            relative_speedup(paired_baseline, name, medians, pairs) if paired_baseline else None
+        )
+        r["speedup_vs_best_competitor"] = (
+            relative_speedup(best, name, medians, pairs) if best else None
+        )
     return best
 
 
@@ -485,10 +661,7 @@ def _median(record: Mapping[str, object]) -> float | None:
 
 
 def run_scenario(
-    scenario: Scenario,
-    config: RunConfig,
-    resources: object,
-    log: Callable[[str], None] = lambda s: None,
+    scenario: Scenario, config: RunConfig, log: Log = lambda s: None
 ) -> dict[str, object]:
     """Build and run one scenario; never raises for a failure inside it.
 
@@ -511,7 +684,7 @@ def run_scenario(
         "error": None,
     }
     try:
-        plan = scenario.build(config, resources)
+        plan = scenario.build(config)
     except Exception as exc:  # noqa: BLE001
         result["error"] = f"build: {_error_text(exc)}"
         result["duration_s"] = time.perf_counter() - t0
@@ -522,6 +695,7 @@ def run_scenario(
     groups: list[dict[str, object]] = []
     medians: dict[str, float | None] = {}
     items: dict[str, int | None] = {}
+    pairs: dict[str, Pairs] = {}
     for group in plan.groups:
         log(f" group {group.name!r}")
         try:
@@ -530,6 +704,7 @@ def run_scenario(
             records, teardown_error = [], None
             result["error"] = f"group {group.name}: {_error_text(exc)}"
         best = add_ratios(records, group.baseline)
+        pairs.update(group_pairs(records, group.baseline))
         for r in records:
             medians[str(r["name"])] = _median(r)
             items[str(r["name"])] = r["items"]  # type: ignore[assignment]
@@ -569,7 +744,7 @@ def run_scenario(
     result["checks"] = checks
 
     evaluated: list[TargetResult] = [
-        evaluate_target(t, medians, items, values) for t in plan.targets
+        evaluate_target(t, medians, items, values, pairs) for t in plan.targets
     ]
     result["targets"] = [t.as_dict() for t in evaluated]
     result["duration_s"] = time.perf_counter() - t0

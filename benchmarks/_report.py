@@ -95,7 +95,7 @@ def _group_lines(group: Mapping[str, Any]) -> list[str]:
     unit = group.get("unit")
     lines = [f"**Timed:** {group['timed']}", ""]
     header = ["variant", "what", "median", "min", "max", "n"]
-    header.append(f"speedup vs {baseline}" if baseline else "speedup vs baseline")
+    header.append(f"speedup vs {baseline} (paired)" if baseline else "speedup vs baseline")
     header.append(f"speedup vs best competitor ({best})" if best else "vs best competitor")
     if unit:
         header.append("rate (median)")
@@ -193,9 +193,13 @@ def render_markdown(run: Mapping[str, Any], image_prefix: str = "") -> str:
     libs = ", ".join(f"{k} {v}" for k, v in m["libraries"].items() if v)
     mode = "quick" if cfg["quick"] else "full"
     intro = (
-        f"Run {run['created']} ({mode} mode): {cfg['repeat']} timed repetitions per variant "
-        f"after {cfg['warmup']} warm-up, variants interleaved, {cfg['workers']} workers; "
-        f"{run['duration_s']:.0f} s in total."
+        f"Run {run['created']} ({mode} mode), {cfg['workers']} workers, "
+        f"{run['duration_s']:.0f} s in total. Each variant is timed in a block of its own: set "
+        f"up, {cfg['warmup']} untimed warm-up, {cfg['repeat']} timed pairs (baseline call, "
+        "variant call), torn down before the next variant is set up; meanwhile only its own "
+        "pools and its group's baseline are alive (a group without a baseline times each "
+        f"variant {cfg['repeat']} times alone). Idle pools of other engines would take CPU "
+        "time from the timed one: an idle Dask cluster takes about 15% of a core."
     )
     machine = (
         f"Machine: {m['cpu_count']} CPUs ({m['physical_cores']} physical), "
@@ -203,8 +207,11 @@ def render_markdown(run: Mapping[str, Any], image_prefix: str = "") -> str:
         f"Load average at start {m['load_average_start']}, at end {m.get('load_average_end')}."
     )
     legend = (
-        "Speedup = median time of the reference / median time of the variant: above 1 the "
-        "variant is faster. Ratios are what to compare; absolute times drift with the load."
+        "Speedup vs the baseline = median over the variant's pairs of baseline time / variant "
+        "time: above 1 the variant is faster; both calls of a pair see the same load. Speedup "
+        "vs the best competitor = ratio of the two paired speedups (ratio of medians in a "
+        "group without a baseline). The baseline's median, min and max pool all its pairs. "
+        "Ratios are what to compare; absolute times drift with the load."
     )
     lines = ["# mepa benchmarks", "", intro, "", machine, "", legend, "", "## Targets", ""]
     rows = []

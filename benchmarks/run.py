@@ -23,7 +23,7 @@ from ._harness import RunConfig, run_scenario
 from ._machine import child_processes, load_average, machine_info
 from ._report import render_markdown, write_charts, write_json
 from .scenarios import SCENARIOS
-from .scenarios._common import REPO_ROOT, Resources
+from .scenarios._common import REPO_ROOT
 
 __all__ = ["DEFAULT_OUT", "main", "parse_args"]
 
@@ -57,7 +57,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help=f"run only this scenario (repeatable); one of: {', '.join(SCENARIOS)}",
     )
     parser.add_argument(
-        "--repeat", type=_positive, help="timed repetitions per variant (default 5, quick 3)"
+        "--repeat",
+        type=_positive,
+        help="timed repetitions per variant, in pairs with its baseline (default 5, quick 3)",
     )
     parser.add_argument("--workers", type=_positive, default=2, help="workers per pool (2)")
     parser.add_argument(
@@ -123,16 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: dict[str, dict[str, object]] = {}
     for name in names:
         _log(f"scenario {name}")
-        # A fresh set of shared pools per scenario: an idle Dask cluster left from one scenario
-        # costs CPU time (heartbeats, monitors) that the next scenario's timings would pay.
-        resources = Resources()
-        try:
-            results[name] = run_scenario(SCENARIOS[name], config, resources, _log)
-        finally:
-            try:
-                resources.close()
-            except Exception as exc:  # noqa: BLE001
-                _log(f"closing the shared Dask cluster failed: {type(exc).__name__}: {exc}")
+        results[name] = run_scenario(SCENARIOS[name], config, _log)
     run["scenarios"] = results
     run["duration_s"] = time.perf_counter() - t0
     machine = run["machine"]

@@ -1,4 +1,9 @@
-"""Helpers shared by the scenarios: mepa lookup, pools of each library, PID probes."""
+"""Helpers shared by the scenarios: mepa lookup, pools of each library, PID probes.
+
+Every helper that starts a pool or a cluster takes the variant's ``ExitStack`` and registers
+its shutdown there, so that the pool lives only during its variant's block (see
+:mod:`benchmarks._harness`).
+"""
 
 from __future__ import annotations
 
@@ -18,8 +23,8 @@ from . import _kernels as k
 
 __all__ = [
     "REPO_ROOT",
-    "Resources",
     "allclose_check",
+    "dask_client",
     "dask_pids",
     "equal_check",
     "joblib_parallel",
@@ -55,10 +60,14 @@ def mepa_executor(stack: contextlib.ExitStack, kind: MepaKind, workers: int) -> 
 
     This is the one place the benchmarks construct mepa executors: if a constructor's signature
     changes, change it here.
+
+    ``ProcessExecutor.shutdown`` leaves mepa's worker pool alive for the next executor; it is
+    stopped when the last process executor made here closes (see :class:`_PoolUsers`), so that
+    no idle mepa pool outlives its variant's block.
     """
     if kind in ("process", "process-keep-heap"):
         cls = mepa_attr("ProcessExecutor")
-        stack.callback(stop_mepa_worker_pools)  # runs after the executor's own shutdown
+        _POOL_USERS.enter(stack)  # its exit callback runs after the executor's own shutdown
         ex = cls(workers, keep_worker_heap=True) if kind == "process-keep-heap" else cls(workers)
     elif kind == "thread":
         ex = mepa_attr("ThreadExecutor")(workers)
@@ -76,6 +85,32 @@ def stop_mepa_worker_pools() -> None:
     stop = getattr(importlib.import_module("mepa"), "shutdown_worker_pools", None)
     if callable(stop):
         stop()
+
+
+class _PoolUsers:
+    """Counts the open process executors of :func:`mepa_executor`; the last one stops the pools.
+
+    Executors of the same size share mepa's cached worker pool. A group's baseline and a
+    variant may both be mepa process executors (``shuffled_map``, ``events``): stopping the
+    pool at the variant's teardown would make the baseline's next timed call start new
+    workers, so the pool is stopped when the baseline closes, at the end of the group.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def enter(self, stack: contextlib.ExitStack) -> None:
+        """Count one more executor; ``stack`` counts it out when it closes."""
+        self.count += 1
+        stack.callback(self._exit)
+
+    def _exit(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            stop_mepa_worker_pools()
+
+
+_POOL_USERS = _PoolUsers()
 
 
 def mepa_pids(ex: Any, workers: int) -> Callable[[], Sequence[int]]:
@@ -155,50 +190,34 @@ def equal_check(expected: object) -> Callable[[object], None]:
     return _check
 
 
-class Resources:
-    """Pools shared by the groups of one scenario, closed when the scenario ends.
+def dask_client(stack: contextlib.ExitStack, workers: int) -> Any:
+    """A client of a new ``workers``-process ``LocalCluster`` (one thread each) closed by ``stack``.
 
-    Only the Dask ``LocalCluster`` is shared (it takes seconds to start); everything else is
-    created per group so that a failure stays local.
+    Each variant that needs Dask starts its own cluster (a few seconds, untimed) and closes it
+    at the end of its block: an idle cluster takes about 15% of a core (heartbeats, monitors)
+    from whatever is timed next to it.
     """
+    from distributed import Client, LocalCluster
 
-    def __init__(self) -> None:
-        self._stack = contextlib.ExitStack()
-        self._client: Any = None
-        self._client_error: BaseException | None = None
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+    cluster = LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        silence_logs=logging.ERROR,
+    )
+    stack.callback(_quietly, cluster.close)
+    client = Client(cluster, set_as_default=False)
+    stack.callback(_quietly, client.close)
+    return client
 
-    def dask_client(self, workers: int) -> Any:
-        """A client of a ``workers``-process ``LocalCluster`` (one thread each), created once."""
-        if self._client_error is not None:
-            raise RuntimeError(
-                f"the shared LocalCluster failed to start: {self._client_error}"
-            ) from self._client_error
-        if self._client is None:
-            try:
-                from distributed import Client, LocalCluster
 
-                logging.getLogger("distributed").setLevel(logging.ERROR)
-                cluster = self._stack.enter_context(
-                    LocalCluster(
-                        n_workers=workers,
-                        threads_per_worker=1,
-                        processes=True,
-                        dashboard_address=None,
-                        silence_logs=logging.ERROR,
-                    )
-                )
-                self._client = self._stack.enter_context(Client(cluster, set_as_default=False))
-            except BaseException as exc:
-                self._client_error = exc
-                raise
-        return self._client
-
-    def close(self) -> None:
-        """Close the shared client and cluster."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self._stack.close()
-        self._client = None
+def _quietly(close: Callable[[], object]) -> None:
+    """Call ``close`` without the warnings Dask emits while a cluster shuts down."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        close()
 
 
 def dask_pids(client: Any) -> Callable[[], Sequence[int]]:

@@ -164,7 +164,7 @@ def _demo_module() -> tuple[Any, str | None]:
         return None, f"{type(exc).__name__}: {exc}"
 
 
-def _build(config: RunConfig, resources: c.Resources) -> ScenarioPlan:
+def _build(config: RunConfig) -> ScenarioPlan:
     w = config.workers
     demo, error = _demo_module()
     notes = []

@@ -35,9 +35,7 @@ TIMED = (
 )
 
 
-def map_variants(
-    x: k.FloatArray, kernel: Kernel, config: RunConfig, resources: c.Resources
-) -> tuple[Variant, ...]:
+def map_variants(x: k.FloatArray, kernel: Kernel, config: RunConfig) -> tuple[Variant, ...]:
     """The 7 variants of a map of ``kernel`` over ``x``.
 
     Parameters
@@ -48,8 +46,6 @@ def map_variants(
         A module-level function of :mod:`._kernels`, so every pool pickles it by reference.
     config
         Worker count.
-    resources
-        Holds the shared Dask cluster.
     """
     w = config.workers
     expected: dict[str, np.ndarray] = {}
@@ -104,7 +100,7 @@ def map_variants(
     def dask(stack: contextlib.ExitStack) -> Prepared:
         import dask.array as da
 
-        client = resources.dask_client(w)
+        client = c.dask_client(stack, w)
         chunk = math.ceil(x.size / w)
 
         def run() -> np.ndarray:
@@ -168,14 +164,14 @@ def map_variants(
 
 def _build(
     kernel: Kernel, full: int, quick: int, targets: list[Target]
-) -> Callable[[RunConfig, c.Resources], ScenarioPlan]:
-    def build(config: RunConfig, resources: c.Resources) -> ScenarioPlan:
+) -> Callable[[RunConfig], ScenarioPlan]:
+    def build(config: RunConfig) -> ScenarioPlan:
         n = config.size(full, quick)
         x = np.random.default_rng(0).uniform(0.0, 10.0, n)
         group = Group(
             name="map",
             timed=TIMED,
-            variants=map_variants(x, kernel, config, resources),
+            variants=map_variants(x, kernel, config),
             baseline="serial",
         )
         return ScenarioPlan(

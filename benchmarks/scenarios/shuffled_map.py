@@ -117,7 +117,7 @@ def _balance_check(n: int, workers: int) -> Callable[[], Check]:
     return balance
 
 
-def _build(config: RunConfig, resources: c.Resources) -> ScenarioPlan:
+def _build(config: RunConfig) -> ScenarioPlan:
     n = config.size(20_000_000, 200_000)
     w = config.workers
     x = np.random.default_rng(0).uniform(0.0, 10.0, n)
@@ -192,7 +192,8 @@ def _build(config: RunConfig, resources: c.Resources) -> ScenarioPlan:
             )
         )
     notes.append(
-        "Speedups in this scenario are against the unshuffled run of the same executor; the "
+        "Speedups in this scenario are against the unshuffled run of the same executor, timed "
+        "in pairs with each shuffled variant (process executors share one worker pool); the "
         "full permutation's cost is its speedup below 1."
     )
     return ScenarioPlan(
