@@ -202,6 +202,9 @@ class Group:
         timed alone.
     unit
         What ``items`` counts (``"tasks"``, ``"events"``), for the rate column.
+    repeat_scale
+        Multiplies the run's repetitions for this group: more pairs for a target that
+        compares times a few percent apart, on a machine whose noise is larger than that.
     """
 
     name: str
@@ -209,6 +212,7 @@ class Group:
     variants: tuple[Variant, ...]
     baseline: str | None = None
     unit: str | None = None
+    repeat_scale: int = 1
 
 
 @dataclass
@@ -455,14 +459,16 @@ def _time(state: _State, config: RunConfig, log: Log, context: str = "") -> floa
     return seconds
 
 
-def _time_block(state: _State, base: _State | None, config: RunConfig, log: Log) -> None:
-    """Time ``state`` ``config.repeat`` times, each call right after one of ``base`` if it is ok.
+def _time_block(
+    state: _State, base: _State | None, repeat: int, config: RunConfig, log: Log
+) -> None:
+    """Time ``state`` ``repeat`` times, each call right after one of ``base`` if it is ok.
 
     If the baseline fails during the block, the variant's remaining calls are timed alone.
     """
     baseline_times: list[float] | None = [] if base is not None and base.ok else None
     state.baseline_times = baseline_times
-    for _ in range(config.repeat):
+    for _ in range(repeat):
         before: float | None = None
         if base is not None and base.ok:
             before = _time(base, config, log, f" (paired with {state.variant.name})")
@@ -528,6 +534,7 @@ def run_group(
     """
     states = [_State(v) for v in group.variants]
     base = next((s for s in states if s.variant.name == group.baseline), None)
+    repeat = config.repeat * group.repeat_scale
     errors: list[str] = []
     base_stack = contextlib.ExitStack()
     try:
@@ -539,7 +546,7 @@ def run_group(
             stack = contextlib.ExitStack()
             try:
                 if _prepare(state, stack, config, log):
-                    _time_block(state, base, config, log)
+                    _time_block(state, base, repeat, config, log)
                     if state.ok:
                         state.pids_after = _probe(state, config.call_timeout)
             finally:
@@ -549,7 +556,7 @@ def run_group(
         if base is not None:
             # Fewer pairs than repetitions (the other variants failed or were skipped): time
             # the baseline alone for the rest.
-            while base.ok and len(base.times) < config.repeat:
+            while base.ok and len(base.times) < repeat:
                 _time(base, config, log, " (alone)")
             if base.ok:
                 base.pids_after = _probe(base, config.call_timeout)

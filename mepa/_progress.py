@@ -434,8 +434,12 @@ class Progress:
 
 def _take_updates(updates: list[Any], ctx: EventContext) -> Any:
     """Empty a proxy's list of updates; their sum (values that are not numbers reported)."""
-    # Other threads may append meanwhile: take the first k, which nobody else removes.
+    # Other threads may append meanwhile; only the caller (holding the send lock) removes.
+    ones = updates.count(1)  # the common case, counted in C without a copy
     k = len(updates)
+    if ones == k:  # nothing was appended since the count (else k > ones)
+        del updates[:k]
+        return k
     taken = updates[:k]
     del updates[:k]
     try:
