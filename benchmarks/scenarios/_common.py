@@ -35,6 +35,7 @@ __all__ = [
     "mpire_pool",
     "probe_count",
     "stop_mepa_worker_pools",
+    "stop_process",
     "timed_once",
 ]
 
@@ -153,6 +154,17 @@ def mpire_pool(stack: contextlib.ExitStack, workers: int) -> Any:
 
     pool = WorkerPool(n_jobs=workers, keep_alive=True, start_method="spawn")
     return stack.enter_context(pool)
+
+
+def stop_process(proc: Any, conn: Any) -> None:
+    """Stop a ``multiprocessing`` process started by a variant: ask, wait, then terminate it."""
+    with contextlib.suppress(OSError):  # it may be gone already
+        conn.send(None)
+    proc.join(10)
+    if proc.is_alive():
+        proc.terminate()
+        proc.join(10)
+    conn.close()
 
 
 def timed_once(fn: Callable[[], object]) -> float:

@@ -25,6 +25,7 @@ __all__ = [
     "memory_kernel",
     "put_events",
     "put_events_simple",
+    "resident_loop",
     "set_simple_queue",
     "slow_getpid",
 ]
@@ -121,3 +122,18 @@ def loop_with_progress(arg: tuple[Any, int]) -> int:
         acc ^= _tiny_work(i)
         update(1)
     return acc
+
+
+def resident_loop(conn: Any, kernel: Any) -> None:
+    """A process that keeps its own share of the data and computes on it when told to.
+
+    Receives its share once, then for each ``True`` computes ``kernel(share)`` and answers with
+    one number; stops on ``None``. Nothing but these small messages moves while it is timed:
+    the parallel ceiling of the machine for ``kernel``.
+    """
+    share = conn.recv()
+    conn.send(True)
+    while conn.recv() is not None:
+        out = kernel(share)
+        conn.send(float(out[0]) if len(out) else 0.0)
+        del out

@@ -75,6 +75,30 @@ def map_variants(x: k.FloatArray, kernel: Kernel, config: RunConfig) -> tuple[Va
 
         return setup
 
+    def ceiling(stack: contextlib.ExitStack) -> Prepared:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        conns = []
+        for share in np.array_split(x, w):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=k.resident_loop, args=(child, kernel), daemon=True)
+            proc.start()
+            child.close()
+            stack.callback(c.stop_process, proc, parent)
+            parent.send(share)
+            conns.append(parent)
+        for conn in conns:
+            conn.recv()
+
+        def run() -> None:
+            for conn in conns:
+                conn.send(True)
+            for conn in conns:
+                conn.recv()
+
+        return Prepared(call=run)
+
     def loky(stack: contextlib.ExitStack) -> Prepared:
         ex = c.loky_executor(stack, w)
 
@@ -131,6 +155,13 @@ def map_variants(x: k.FloatArray, kernel: Kernel, config: RunConfig) -> tuple[Va
             f"mepa ProcessExecutor({w}, keep_worker_heap=True)",
         ),
         Variant("mepa-thread", "mepa", mepa("thread"), f"mepa ThreadExecutor({w})"),
+        Variant(
+            "ceiling",
+            "reference",
+            ceiling,
+            f"{w} processes that already hold their share compute it at once; nothing moves "
+            "(what this machine allows any engine)",
+        ),
         Variant(
             "loky",
             "competitor",
