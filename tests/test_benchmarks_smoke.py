@@ -30,12 +30,12 @@ report = importlib.import_module("benchmarks._report")
 
 EXPECTED_VARIANTS = {
     "cpu_map": [
-        "serial", "mepa-process", "mepa-process-keep-heap", "mepa-thread", "loky", "joblib",
-        "dask", "mpire",
+        "serial", "mepa-process", "mepa-process-keep-heap", "mepa-thread", "ceiling", "loky",
+        "joblib", "dask", "mpire",
     ],
     "memory_map": [
-        "serial", "mepa-process", "mepa-process-keep-heap", "mepa-thread", "loky", "joblib",
-        "dask", "mpire",
+        "serial", "mepa-process", "mepa-process-keep-heap", "mepa-thread", "ceiling", "loky",
+        "joblib", "dask", "mpire",
     ],
     "shuffled_map": [
         "process-unshuffled",
