@@ -147,10 +147,44 @@ class _Polled(Protocol):
     def flush(self) -> None: ...
 
 
+class _WeakRegistry(Generic[T]):
+    """Objects held weakly; one thread may add while another lists them.
+
+    (Listing a :class:`weakref.WeakSet` while another thread adds to it raises "Set changed size
+    during iteration".) No weakref callbacks, so no lock is ever taken by the garbage
+    collector: dead entries are dropped when the registry is listed.
+    """
+
+    __slots__ = ("_lock", "_refs")
+
+    def __init__(self) -> None:
+        self._refs: dict[int, weakref.ref[T]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, obj: T) -> None:
+        with self._lock:
+            self._refs[id(obj)] = weakref.ref(obj)
+
+    def snapshot(self) -> list[T]:
+        """The objects still alive."""
+        live: list[T] = []
+        with self._lock:
+            for key, ref in list(self._refs.items()):
+                obj = ref()
+                if obj is None:
+                    del self._refs[key]
+                else:
+                    live.append(obj)
+        return live
+
+    def __bool__(self) -> bool:
+        return bool(self._refs)  # may count dead entries until the next snapshot
+
+
 _DEFERRED: dict[int, tuple[_Flushable, float]] = {}
 _DEFERRED_LOCK = threading.Lock()
-_AT_TASK_END: weakref.WeakSet[_Flushable] = weakref.WeakSet()
-_POLLED: weakref.WeakSet[_Polled] = weakref.WeakSet()
+_AT_TASK_END: _WeakRegistry[_Flushable] = _WeakRegistry()
+_POLLED: _WeakRegistry[_Polled] = _WeakRegistry()
 
 
 def in_task() -> bool:
@@ -468,7 +502,7 @@ class _Flusher:
             time.sleep(tick)
             try:
                 _flush_deferred(older_than=DEFERRED_SECONDS)
-                for obj in list(_POLLED):
+                for obj in _POLLED.snapshot():
                     if obj.pending:
                         obj.flush()
                 for sender in list(_SENDERS.values()):
@@ -526,12 +560,13 @@ def _flush_deferred(older_than: float | None = None) -> None:
 
 def _after_fork_in_child() -> None:
     global _GENERATION, _HUBS_LOCK, _SENDERS_LOCK, _DEFERRED_LOCK, _FLUSHER
+    global _AT_TASK_END, _POLLED
     _GENERATION += 1
     _LOCAL_HUBS.clear()
     _SENDERS.clear()
     _DEFERRED.clear()
-    _AT_TASK_END.clear()
-    _POLLED.clear()
+    _AT_TASK_END = _WeakRegistry()
+    _POLLED = _WeakRegistry()
     _HUBS_LOCK = threading.Lock()
     _SENDERS_LOCK = threading.Lock()
     _DEFERRED_LOCK = threading.Lock()
@@ -712,7 +747,7 @@ def run_task(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> TaskRe
 
 def _finish_task() -> tuple[Token, ...]:
     _flush_deferred()
-    for obj in list(_AT_TASK_END):
+    for obj in _AT_TASK_END.snapshot():
         obj.flush()
     tokens: list[Token] = []
     for sender in list(_SENDERS.values()):

@@ -345,3 +345,39 @@ def test_closed_hub_drops_events_and_refuses_registrations():
     calls = []
     hub.after([(hub.hub_id, "src", 1)], lambda: calls.append(1))
     assert calls == [1]
+
+
+class _Item:
+    pass
+
+
+def test_registry_lists_while_other_threads_add():
+    # A task ending in one thread lists the objects to flush while a task starting in another
+    # registers one; a WeakSet raised "Set changed size during iteration" here.
+    registry = _events._WeakRegistry()
+    stop = threading.Event()
+    kept = []
+
+    def add():
+        while not stop.is_set():
+            item = _Item()
+            registry.add(item)
+            kept.append(item)
+            if len(kept) > 100:
+                del kept[:50]  # some die: their entries go at the next listing
+
+    threads = [threading.Thread(target=add) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        for _ in range(20_000):
+            assert all(isinstance(item, _Item) for item in registry.snapshot())
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+    alive = list(kept)
+    assert set(map(id, registry.snapshot())) >= set(map(id, alive))
+    del alive, kept[:]
+    assert registry.snapshot() == []
+    assert not registry
