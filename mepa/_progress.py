@@ -14,8 +14,9 @@ list: a C call of a few tens of nanoseconds, with no Python frame. The process's
 sums and sends what the list holds while the proxy lives, and
 :func:`~mepa._events.run_task` sends what is left before the task's result goes back, so no
 update is lost and a loop of a million ``update(1)`` costs little more than the loop. A bar
-used by a task in the host's own process (threads, the linear executor) sums updates per
-thread and sends them at most every ~0.1 s. On the host, outside tasks, every method acts on
+used by a task in the host's own process (threads, the linear executor) is the host's object
+itself: its ``update`` checks that it runs in a task (a context variable), appends to the same
+kind of list and has it sent within ~0.1 s. On the host, outside tasks, every method acts on
 the bar at once (thread-safe).
 
 *When the bar closes.* The bar closes when nothing holds it open any more, or at
@@ -123,7 +124,6 @@ class Progress:
     def _init_sending(self, ctx: EventContext) -> None:
         self._ctx = ctx
         self._send_lock = threading.Lock()  # one sender at a time: messages leave in order
-        self._local = threading.local()  # .acc: this thread's _Counter for update()
         self._counters: list[_Counter] = []
         self._updates: list[Any] = []  # a proxy's update() is this list's append
         self._scheduled = False
@@ -185,12 +185,8 @@ class Progress:
         if self._bar is not None and not _IN_TASK.get():
             self._apply(_UPDATE, n)
             return
-        try:
-            counter = self._local.acc
-        except AttributeError:
-            counter = self._local.acc = self._new_counter()
-        counter.done += n  # only this thread writes it: no lock
-        if not self._scheduled:  # read after the write, see flush()
+        self._updates.append(n)
+        if not self._scheduled:  # read after the append, see _send_pending()
             self._scheduled = True
             _flush_soon(self)
 
@@ -459,7 +455,7 @@ def _send_left_over(updates: list[Any], ctx: EventContext) -> None:
 
 
 class _Counter:
-    """Updates counted by one thread (or one ``iters`` loop) and how many were sent."""
+    """Updates counted by one ``iters`` loop in a task, and how many were sent."""
 
     __slots__ = ("done", "sent")
 
