@@ -303,3 +303,32 @@ def test_worker_killed_during_a_shared_distribute_then_the_next_one_works(execut
     assert info.value.chunk in (0, 1)
     result = alloc.reassemble(executor.gather(executor.distribute(trig, alloc), timeout=60))
     np.testing.assert_array_equal(result, trig(np.arange(BIG, dtype=np.float64)))
+
+
+def die_without_row_zero(chunk):
+    if 0.0 not in chunk:
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+    return chunk * 2
+
+
+def test_worker_killed_during_a_shuffled_distribute_returns_every_segment(executor):
+    import gc
+
+    data = np.arange(BIG, dtype=np.float64)
+    alloc = executor.arrange(data, shuffle=True)
+    with pytest.raises(mepa.WorkerCrashedError):
+        executor.gather(executor.distribute(die_without_row_zero, alloc), timeout=60)
+    gc.collect()
+    pool = executor._segments
+    created = pool.segments_created
+    for _ in range(3):
+        result = alloc.reassemble(executor.gather(executor.distribute(trig, alloc), timeout=60))
+        np.testing.assert_array_equal(result, trig(data))
+        del result
+        gc.collect()
+    # source, chunk-ordered output and ordered copy of the crashed call came back to the pool
+    # and serve the calls after it
+    assert pool.segments_created == created
