@@ -141,6 +141,21 @@ def test_worker_updates_reach_the_host_while_the_task_runs(hub, pool, tmp_path):
     progress.close()
 
 
+def update_every_way(progress):
+    progress.update()  # tqdm's default: 1
+    progress.update(2)
+    progress.update(n=3)
+    progress.update(0.5)
+    return True
+
+
+def test_update_accepts_every_form_in_a_worker(hub, pool):
+    progress = make_bar(hub)
+    assert settle(hub, pool.submit(run_task, update_every_way, progress)).result(timeout=30)
+    assert progress.bar.n == 6.5
+    progress.close()
+
+
 def test_update_with_a_non_number_in_a_worker_is_reported_on_the_host(hub, pool, caplog):
     progress = make_bar(hub, total=3)
 
