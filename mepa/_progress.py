@@ -4,19 +4,20 @@ A :class:`Progress` owns a tqdm bar on the host and an anonymous event of the ex
 :class:`~mepa._events.EventHub`. Pickled into a task (as an argument or captured by a closure),
 it becomes a proxy that sends three kinds of message through that event::
 
-    task: update(1) x many ──► list.append(1) ─┐ summed every few 10 ms (flusher thread)
+    task: update(1) x many ──► tally(1) ───────┐ taken every few 10 ms (flusher thread)
           register(n), close() ────────────────┤ and at task end (run_task)
                                                ▼
                                        ctx.fire(kind, n) ──► hub ──► Progress._on_message ──► tqdm
 
-In a task of another process (a proxy, unpickled there), ``update`` is a small function that
-only appends ``n`` to a list (about 35 ns a call here). The process's flusher thread
-sums and sends what the list holds while the proxy lives, and
+In a task of another process (a proxy, unpickled there), ``update`` is a tally: the C counter
+of :mod:`mepa._tally` (about what a list ``append`` costs), or a pure-Python one that only
+appends ``n`` to a list when the accelerator is not built. The process's flusher thread
+takes and sends the tally's total while the proxy lives, and
 :func:`~mepa._events.run_task` sends what is left before the task's result goes back, so no
 update is lost and a loop of a million ``update(1)`` costs little more than the loop. A bar
 used by a task in the host's own process (threads, the linear executor) is the host's object
-itself: its ``update`` checks that it runs in a task (a context variable), appends to the same
-kind of list and has it sent within ~0.1 s. On the host, outside tasks, every method acts on
+itself: its ``update`` checks that it runs in a task (a context variable), adds to the same
+kind of tally and has it sent within ~0.1 s. On the host, outside tasks, every method acts on
 the bar at once (thread-safe).
 
 *When the bar closes.* The bar closes when nothing holds it open any more, or at
@@ -49,6 +50,8 @@ from ._events import _IN_TASK, EventContext, EventHub, _flush_at_task_end, _flus
 
 if TYPE_CHECKING:
     from typing_extensions import Self
+
+    from ._tally import Tally
 
 __all__ = ["Progress"]
 
@@ -125,7 +128,8 @@ class Progress:
         self._ctx = ctx
         self._send_lock = threading.Lock()  # one sender at a time: messages leave in order
         self._counters: list[_Counter] = []
-        self._updates: list[Any] = []  # update() in a task appends here
+        self._tally = _new_tally()  # update() in a task adds here
+        self._add = _adder(self._tally)
         self._scheduled = False
         self._own_holds = 0  # registrations made through this object inside tasks
         _flush_at_task_end(self)
@@ -174,9 +178,8 @@ class Progress:
 
         On the host the bar moves at once; inside a task updates are summed and sent every
         few tens of milliseconds and at the end of the task. In a task of another process,
-        ``update`` only appends ``n`` to a list (see the module notes): ``n`` is checked when
-        the updates are summed, and a value that is not a number is logged on the host and
-        skipped.
+        ``update`` is a C counter (see the module notes): ``n`` is checked when the updates are
+        added up, and a value that is not a number is logged on the host and skipped.
 
         Parameters
         ----------
@@ -186,8 +189,8 @@ class Progress:
         if self._bar is not None and not _IN_TASK.get():
             self._apply(_UPDATE, n)
             return
-        self._updates.append(n)
-        if not self._scheduled:  # read after the append, see _send_pending()
+        self._add(n)
+        if not self._scheduled:  # read after the addition, see _send_pending()
             self._scheduled = True
             _flush_soon(self)
 
@@ -369,7 +372,7 @@ class Progress:
     @property
     def pending(self) -> bool:
         """Whether a proxy holds updates not sent yet (checked by the flusher thread)."""
-        return bool(self._updates)
+        return bool(self._tally.pending)
 
     def _send_pending(self) -> None:
         # Called with self._send_lock held. Each counter has one writer (a thread or a
@@ -381,8 +384,7 @@ class Progress:
             done = counter.done
             n += done - counter.sent
             counter.sent = done
-        if self._updates:
-            n += _take_updates(self._updates, self._ctx)
+        n += _take_updates(self._tally, self._ctx)
         if n:
             self._ctx.fire(_UPDATE, n)
 
@@ -429,39 +431,80 @@ class Progress:
             self._bar.close()
 
 
-def _appender(updates: list[Any]) -> Callable[..., None]:
-    """``update(n=1)`` of a proxy: append ``n`` to ``updates`` (nothing else, for speed)."""
-    append = updates.append
+class _PyTally:
+    """The pure-Python tally, for when the C accelerator :mod:`mepa._tally` is not built.
 
-    def update(n: Any = 1) -> None:
-        append(n)
+    Same interface: ``call(n=1)`` (see :func:`_adder`) adds ``n``; :meth:`take` returns
+    ``(total of the int updates, list of the others)`` and starts again; :attr:`pending`.
+    """
 
-    update.__doc__ = Progress.update.__doc__
-    return update
+    __slots__ = ("_updates", "call")
 
+    def __init__(self) -> None:
+        self._updates: list[Any] = []
+        append = self._updates.append
 
-def _take_updates(updates: list[Any], ctx: EventContext) -> Any:
-    """Empty a proxy's list of updates; their sum (values that are not numbers reported)."""
-    # Other threads may append meanwhile; only the caller (holding the send lock) removes.
-    ones = updates.count(1)  # the common case, counted in C without a copy
-    k = len(updates)
-    if ones == k:  # nothing was appended since the count (else k > ones)
+        def update(n: Any = 1) -> None:
+            append(n)
+
+        self.call = update
+
+    def __call__(self, n: Any = 1) -> None:
+        self._updates.append(n)
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._updates)
+
+    def take(self) -> tuple[int, list[Any]]:
+        # Other threads may append meanwhile; only the caller (holding the send lock) removes.
+        updates = self._updates
+        ones = updates.count(1)  # the common case, counted in C without a copy
+        k = len(updates)
+        if ones == k:  # nothing was appended since the count (else k > ones)
+            del updates[:k]
+            return k, []
+        taken = updates[:k]
         del updates[:k]
-        return k
-    taken = updates[:k]
-    del updates[:k]
+        return sum(v for v in taken if type(v) is int), [v for v in taken if type(v) is not int]
+
+
+_CTally: type[Tally] | None
+try:
+    from ._tally import Tally as _CTally
+except ImportError:  # built without a C compiler
+    _CTally = None
+
+
+def _new_tally() -> Tally | _PyTally:
+    """A C tally if the accelerator is built, else a :class:`_PyTally`."""
+    return _CTally() if _CTally is not None else _PyTally()
+
+
+def _adder(tally: Tally | _PyTally) -> Callable[..., None]:
+    """The fastest ``update(n=1)`` for ``tally``: the C tally itself, or a closure."""
+    return tally.call if isinstance(tally, _PyTally) else tally
+
+
+def _take_updates(tally: Tally | _PyTally, ctx: EventContext) -> Any:
+    """Empty a tally; the sum of its updates (values that are not numbers reported)."""
+    if not tally.pending:
+        return 0
+    total, others = tally.take()
+    if not others:
+        return total
     try:
-        return sum(taken)
+        return total + sum(others)
     except TypeError:
-        good = [v for v in taken if isinstance(v, numbers.Real)]
-        bad = next(v for v in taken if not isinstance(v, numbers.Real))
-        ctx.fire(_INVALID, f"{bad!r} ({type(bad).__name__})", len(taken) - len(good))
-        return sum(good)
+        good = [v for v in others if isinstance(v, numbers.Real)]
+        bad = next(v for v in others if not isinstance(v, numbers.Real))
+        ctx.fire(_INVALID, f"{bad!r} ({type(bad).__name__})", len(others) - len(good))
+        return total + sum(good)
 
 
-def _send_left_over(updates: list[Any], ctx: EventContext) -> None:
+def _send_left_over(tally: Tally | _PyTally, ctx: EventContext) -> None:
     """When a proxy is collected (a task dropped its arguments): send its last updates."""
-    n = _take_updates(updates, ctx)
+    n = _take_updates(tally, ctx)
     if n:
         ctx.fire(_UPDATE, n)
 
@@ -509,9 +552,9 @@ def _rebuild_progress(progress_id: str, ctx: EventContext) -> Progress:
     proxy._init_sending(ctx)
     # The fast path of a task's update(n): one Python call and a list append, summed by the
     # flusher thread and at the end of the task.
-    vars(proxy)["update"] = _appender(proxy._updates)
+    vars(proxy)["update"] = proxy._add
     _poll(proxy)
     # A task may drop its arguments before it ends (and run_task flushes): the updates of a
     # collected proxy go out at once, into the buffer that run_task sends.
-    weakref.finalize(proxy, _send_left_over, proxy._updates, ctx).atexit = False
+    weakref.finalize(proxy, _send_left_over, proxy._tally, ctx).atexit = False
     return proxy
