@@ -482,8 +482,8 @@ def _new_tally() -> Tally | _PyTally:
 
 
 def _adder(tally: Tally | _PyTally) -> Callable[..., None]:
-    """The fastest ``update(n=1)`` for ``tally``: the C tally itself, or a closure."""
-    return tally.call if isinstance(tally, _PyTally) else tally
+    """The fastest ``update(n=1)`` for ``tally``: the C tally's bound ``add``, or a closure."""
+    return tally.call if isinstance(tally, _PyTally) else tally.add
 
 
 def _take_updates(tally: Tally | _PyTally, ctx: EventContext) -> Any:

@@ -1,8 +1,9 @@
 /* mepa._tally: the counter behind ``progress.update(n=1)`` in a task.
  *
  * A task may call ``update`` once per element of a loop of millions, so the call must cost
- * about what a list append costs. ``Tally`` is callable with vectorcall: ``tally()``,
- * ``tally(n)`` and ``tally(n=n)`` add ``n`` (default 1). Python ints that fit a 64-bit
+ * about what a list append costs. ``tally.add()``, ``tally.add(n)`` and ``tally.add(n=n)``
+ * add ``n`` (default 1); calling the tally itself does the same (through vectorcall), but a
+ * bound built-in method such as ``tally.add`` takes CPython's specialised call path. Python ints that fit a 64-bit
  * integer are summed in C; anything else (floats, NumPy scalars, wrong types) is kept in a
  * list for ``take`` to hand over, so the caller can add it up or report it. Every method runs
  * without releasing the GIL and without calling Python code while it changes the state, so
@@ -49,10 +50,8 @@ tally_add(TallyObject *self, PyObject *n)
 }
 
 static PyObject *
-tally_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+tally_add_method(TallyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    TallyObject *self = (TallyObject *)op;
-    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
     PyObject *n;
 
@@ -90,6 +89,12 @@ tally_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *k
         return NULL;
     }
     Py_RETURN_NONE;
+}
+
+static PyObject *
+tally_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    return tally_add_method((TallyObject *)op, args, PyVectorcall_NARGS(nargsf), kwnames);
 }
 
 static PyObject *
@@ -163,6 +168,10 @@ tally_pending(TallyObject *self, void *Py_UNUSED(closure))
 }
 
 static PyMethodDef tally_methods[] = {
+    {"add", (PyCFunction)(void (*)(void))tally_add_method, METH_FASTCALL | METH_KEYWORDS,
+     "add(n=1)\n--\n\n"
+     "Add ``n``, as calling the tally does. The bound method ``tally.add`` is the fastest "
+     "callable: CPython calls bound built-in methods through a specialised path."},
     {"take", (PyCFunction)tally_take, METH_NOARGS,
      "take()\n--\n\n"
      "Return ``(total, others)`` and start again from nothing: ``total`` is the sum of the "

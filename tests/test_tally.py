@@ -71,15 +71,20 @@ def c_tally(tmp_path_factory):
     return module.Tally
 
 
-@pytest.fixture(params=["c", "python"])
+@pytest.fixture(params=["c", "c-call", "python"])
 def make_tally(request):
-    """Build a new tally of one implementation; returns ``(tally, update)``."""
-    if request.param == "c":
+    """Build a new tally of one implementation; returns ``(tally, update)``.
+
+    ``c`` updates through the bound ``add`` (what a task's ``progress.update`` is), ``c-call``
+    by calling the tally itself.
+    """
+    if request.param.startswith("c"):
         kind = request.getfixturevalue("c_tally")
+        bound = request.param == "c"
 
         def make():
             tally = kind()
-            return tally, tally
+            return tally, (tally.add if bound else tally)
 
     else:
 
@@ -171,7 +176,7 @@ def test_c_tally_in_a_task_feeds_the_bar(c_tally, monkeypatch):
         progress = _progress.Progress(hub, total=10, file=io.StringIO(), disable=False)
         assert isinstance(progress._tally, c_tally)
         proxy = _progress._rebuild_progress("elsewhere", progress._ctx)  # as in a worker
-        assert proxy.update is proxy._tally
+        assert proxy.update == proxy._tally.add
 
         def task():
             progress.update()  # the host's object, in a task of the host's process
