@@ -1037,11 +1037,9 @@ class PlacedRows:
                 )
             ):
                 return None
-            nbytes = view.nbytes
-            if nbytes > self._buffer.nbytes:
-                return None
             self._claimed = True
-        return self._buffer[:nbytes].view(view.dtype).reshape(view.shape)
+        # The marks guarantee the row size the buffer was sized for: it holds ``view.nbytes``.
+        return self._buffer[: view.nbytes].view(view.dtype).reshape(view.shape)
 
 
 # id() of the region buffer of chunk-ordered results -> the ordered copy the workers wrote;

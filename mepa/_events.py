@@ -526,8 +526,8 @@ def _flush_at_task_end(obj: _Flushable) -> None:
 def _poll(obj: _Polled) -> None:
     """Have ``obj.flush()`` called by the flusher thread, whenever ``obj.pending``, while obj lives.
 
-    For objects that gather work without calling anything per item (a list's ``append``), so
-    that they cannot call :func:`_flush_soon`. Keep such objects short-lived (a task's
+    For objects that gather work without calling anything per item (a progress proxy's C
+    counter), so that they cannot call :func:`_flush_soon`. Keep such objects short-lived (a task's
     arguments): the flusher wakes every few tens of milliseconds while any is alive.
     """
     _POLLED.add(obj)

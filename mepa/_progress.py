@@ -372,10 +372,10 @@ class Progress:
     @property
     def pending(self) -> bool:
         """Whether a proxy holds updates not sent yet (checked by the flusher thread)."""
-        return bool(self._tally.pending)
+        return self._tally.pending
 
     def _send_pending(self) -> None:
-        # Called with self._send_lock held. Each counter has one writer (a thread or a
+        # Called with self._send_lock held. Each counter has one writer (an ``iters``
         # generator) that adds to .done and then reads ._scheduled; here ._scheduled is
         # cleared before .done is read, so an addition is either sent now or schedules a flush.
         self._scheduled = False
@@ -434,8 +434,9 @@ class Progress:
 class _PyTally:
     """The pure-Python tally, for when the C accelerator :mod:`mepa._tally` is not built.
 
-    Same interface: ``call(n=1)`` (see :func:`_adder`) adds ``n``; :meth:`take` returns
-    ``(total of the int updates, list of the others)`` and starts again; :attr:`pending`.
+    Same interface, but ``call(n=1)`` (see :func:`_adder`) adds ``n`` where the C tally has
+    ``add``; :meth:`take` returns ``(total of the int updates, list of the others)`` and starts
+    again; :attr:`pending`.
     """
 
     __slots__ = ("_updates", "call")
@@ -448,9 +449,6 @@ class _PyTally:
             append(n)
 
         self.call = update
-
-    def __call__(self, n: Any = 1) -> None:
-        self._updates.append(n)
 
     @property
     def pending(self) -> bool:
@@ -550,8 +548,8 @@ def _rebuild_progress(progress_id: str, ctx: EventContext) -> Progress:
     proxy._bar = None
     proxy._hub = None
     proxy._init_sending(ctx)
-    # The fast path of a task's update(n): one Python call and a list append, summed by the
-    # flusher thread and at the end of the task.
+    # The fast path of a task's update(n): the tally's own adder, taken by the flusher thread
+    # and at the end of the task.
     vars(proxy)["update"] = proxy._add
     _poll(proxy)
     # A task may drop its arguments before it ends (and run_task flushes): the updates of a

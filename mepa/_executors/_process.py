@@ -46,7 +46,7 @@ from .._shm import (
     open_region,
 )
 from .._worker import Worker, make_workers, physical_cores
-from ._base import ChunkCall, DistributePlan, Executor, LazyChunk
+from ._base import ChunkCall, ChunkHint, DistributePlan, Executor, LazyChunk
 from ._futures import TaskFuture
 
 __all__ = ["ProcessExecutor"]
@@ -164,9 +164,7 @@ class ProcessExecutor(Executor):
         slot: SegmentRef | None = None
         output: OutputBuffer | None = None
         if hint is not None:
-            fn = ChunkCall(fn)
-            if hint.placement is not None:
-                fn = hint.placement.wrap(fn)
+            fn = hint.wrap(fn)
             slot, output = hint.slot, hint.output
         pool = self._pool()
         payload, leases = dumps_shared((fn, args, kwargs), pool, self._threshold)
@@ -365,7 +363,7 @@ def _is_broken(engine: Any) -> bool:
     return flags is None or bool(flags.broken) or bool(flags.shutdown)
 
 
-class _ChunkHint:
+class _ChunkHint(ChunkHint):
     """Chunk ``i``'s part of a shared distribute: where its result should go."""
 
     __slots__ = ("output", "placement", "slot")
@@ -379,6 +377,11 @@ class _ChunkHint:
         self.output = output
         self.slot = slot
         self.placement = placement
+
+    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Take the chunk in the worker; then, if planned, put the result's rows in place."""
+        call = ChunkCall(fn)
+        return call if self.placement is None else _Placing(call, self.placement)
 
 
 class _SharedPlan(DistributePlan):
@@ -491,7 +494,7 @@ _PLACEMENTS: weakref.WeakValueDictionary[str, PlacedRows] = weakref.WeakValueDic
 
 
 class _PlaceRows:
-    """In the worker: run the task, then write its result's rows to their original positions.
+    """In the worker: write a chunk's result's rows to their original positions.
 
     The result must have one row per input row and the row size the plan sized the ordered
     copy for; anything else is returned as it is (``reassemble`` then scatters on the host).
@@ -513,10 +516,6 @@ class _PlaceRows:
             _PlaceRows,
             (self.target, self.selection, self.row_bytes, self.token, self.chunk),
         )
-
-    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        """``fn`` followed by the placement of its result."""
-        return _Placing(fn, self)
 
     def place(self, result: Any) -> Any:
         """Write ``result``'s rows in place if it fits; return what the host should receive."""
