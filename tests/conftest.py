@@ -90,6 +90,17 @@ def _worker_processes() -> list[object]:
     return found
 
 
+@pytest.fixture(scope="session")
+def cluster() -> object:
+    """A real Dask cluster (``dask scheduler`` and 2 ``dask worker`` processes on 127.0.0.1).
+
+    Shared by the session; :func:`no_leaked_processes` stops it before checking for leaks.
+    """
+    from .dask_cluster import shared_cluster
+
+    return shared_cluster(2)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_leaked_processes() -> Iterator[None]:
     """After the suite, loky's shared pool is stopped and no child process is left."""

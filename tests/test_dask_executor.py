@@ -21,7 +21,7 @@ import pytest
 
 from mepa import SerializationError, WorkerCrashedError, WorkerSpecError
 
-from .dask_cluster import DaskCluster, shared_cluster, stop_shared_clusters
+from .dask_cluster import DaskCluster
 
 distributed = pytest.importorskip("distributed")
 
@@ -29,14 +29,6 @@ from mepa._dask_shipping import LocalModules  # noqa: E402
 from mepa._executors._dask import DaskExecutor, RemoteTraceback  # noqa: E402
 
 pytestmark = [pytest.mark.dask, pytest.mark.timeout(120)]
-
-
-@pytest.fixture(scope="session")
-def cluster():
-    try:
-        yield shared_cluster(2)
-    finally:
-        stop_shared_clusters()  # before the suite's check for leaked processes
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from .dask_cluster import shared_cluster, stop_shared_clusters
-
 pytest.importorskip("distributed")
 
 pytestmark = [pytest.mark.dask, pytest.mark.timeout(120)]
@@ -53,14 +51,6 @@ with DaskExecutor(sys.argv[1]) as executor:
     future = executor.submit_to(worker, func, 1, 2)
     print(executor.gather(future))
 """
-
-
-@pytest.fixture(scope="session")
-def cluster():
-    try:
-        yield shared_cluster(2)
-    finally:
-        stop_shared_clusters()  # before the suite's check for leaked processes
 
 
 def run(script_dir: Path, *args: str) -> str:
