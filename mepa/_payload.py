@@ -145,27 +145,144 @@ def loads_result(payload: bytes, slot: Lease | OutputBuffer | None = None) -> An
 
 
 class SharedResult:
-    """A task's result pickled by :func:`dumps_result`: opaque bytes for the engine."""
+    """A task's result pickled by :func:`dumps_result`: opaque bytes for the engine.
 
-    __slots__ = ("payload",)
+    ``held`` says that an array of the worker still uses the result slot it was offered
+    (the user's code kept it): the host must not hand that segment out again.
+    """
 
-    def __init__(self, payload: bytes) -> None:
+    __slots__ = ("held", "payload")
+
+    def __init__(self, payload: bytes, held: bool = False) -> None:
         self.payload = payload
+        self.held = held
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (SharedResult, (self.payload,))
+        return (SharedResult, (self.payload, self.held))
+
+
+# -- results allocated in place ------------------------------------------------------------------
+#
+# A distributed chunk's result is copied into its region of the shared output buffer. With
+# ``mepa._inplace`` built, the worker instead lets NumPy allocate the first array of exactly
+# the region's size *in* the region while the task runs (a NEP 49 memory handler); when the
+# task returns that array, there is nothing to copy. Safety rests on one check: after the
+# worker drops its own references, is the region free again? If an array of the user's code
+# still holds it, the host gets a copy and never hands that segment out again.
+
+#: Attribute of the exception of a task that left its result region in use (see SharedResult).
+REGION_HELD = "_mepa_region_held"
 
 
 def run_payload(
     payload: bytes, prefix: str, threshold: int, slot: SegmentRef | None = None
 ) -> SharedResult:
-    """The loky task for a payload of :func:`dumps_shared` holding ``(fn, args, kwargs)``."""
+    """The loky task for a payload of :func:`dumps_shared` holding ``(fn, args, kwargs)``.
+
+    ``slot`` is where the host wants the result's (first) big array: a region of a shared
+    output buffer.
+    """
     try:
         fn, args, kwargs = loads_shared(payload)
-        result = fn(*args, **kwargs)
+        region = _result_region(slot)
+        if region is None:
+            result = fn(*args, **kwargs)
+            del fn, args, kwargs
+            return SharedResult(dumps_result(result, prefix, threshold, slot))
+        assert slot is not None
+        region.enter()
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            region.exit()
+            del fn, args, kwargs
+            if region.taken:  # possibly by an array of the traceback's frames: play safe
+                exc.__dict__[REGION_HELD] = True
+            raise
+        region.exit()
         del fn, args, kwargs
-        return SharedResult(dumps_result(result, prefix, threshold, slot))
+        if not region.taken:  # the result was made elsewhere: copy it into the slot
+            return SharedResult(dumps_result(result, prefix, threshold, slot))
+        box = [result]
+        del result
+        return _settle(box, region, slot, prefix, threshold)
     finally:
         shm = sys.modules.get("mepa._shm")
         if shm is not None:  # arrays were mapped: keep the worker's mapping cache bounded
             shm.trim_attached(shm.WORKER_CACHE_BYTES)
+
+
+def _result_region(slot: SegmentRef | None) -> Any:
+    """A :class:`mepa._inplace.Region` over ``slot``, or ``None`` without the extension."""
+    if slot is None:
+        return None
+    try:
+        from ._inplace import Region
+    except ImportError:
+        return None
+    from ._shm import open_region
+
+    return Region(open_region(slot))
+
+
+def _settle(
+    box: list[Any], region: Any, slot: SegmentRef, prefix: str, threshold: int
+) -> SharedResult:
+    """Pickle the result in ``box`` (taken out of it) of a task whose region is in use."""
+    from ._shm import SharedArray, open_region
+
+    result = box.pop()
+    field = getattr(type(result), "result_field", None)  # a wrapper, such as the row placer's
+    array = result if field is None else getattr(result, field)
+    if not _occupies(array, region):
+        del array
+        payload = dumps_result(result, prefix, threshold, None)  # the region is not ours
+        del result
+        return SharedResult(payload, held=region.taken)
+    shape, dtype, strides = array.shape, array.dtype, array.strides
+    del array
+    if field is None:
+        result = None
+    else:
+        setattr(result, field, None)
+    if not region.taken:
+        # Nothing else held the array: the region's bytes are the result, and no one's else.
+        stand_in: Any = _InPlace(SharedArray(slot.name, slot.offset, shape, dtype, strides))
+        held = False
+    else:
+        # The user's code kept the array: the host gets a copy (pickled into a segment of
+        # its own), the region stays with the array.
+        stand_in = open_region(slot).view(dtype).reshape(shape)
+        held = True
+    if field is None:
+        result = stand_in
+    else:
+        setattr(result, field, stand_in)
+    del stand_in
+    return SharedResult(dumps_result(result, prefix, threshold, None), held)
+
+
+def _occupies(array: Any, region: Any) -> bool:
+    """Whether ``array`` is the one the region was handed to."""
+    return (
+        _is_plain_array(array)
+        and array.nbytes == region.size
+        and array.flags.owndata
+        and array.flags.c_contiguous
+        and array.__array_interface__["data"][0] == region.address
+    )
+
+
+class _InPlace:
+    """Pickles as the array at ``handle``: a result already in its slot."""
+
+    __slots__ = ("handle",)
+
+    def __init__(self, handle: SharedArray) -> None:
+        self.handle = handle
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        h = self.handle
+        return (_rebuild_array, (h.name, h.offset, h.shape, h.dtype, h.strides, True, h.kind))
+
+

@@ -456,11 +456,12 @@ def trim_attached(budget: int) -> None:
 class _Segment:
     """One mapped host segment and the number of leases on it."""
 
-    __slots__ = ("address", "base", "mapping", "name", "refs", "size")
+    __slots__ = ("address", "base", "mapping", "name", "refs", "retired", "size")
 
     def __init__(self, name: str, size: int) -> None:
         self.name = name
         self.size = size
+        self.retired = False  # dropped, not reused, when its last lease goes
         self.mapping = _create(name, size)
         self.base: NDArray = np.frombuffer(self.mapping, np.uint8)
         self.address = _address(self.base)
@@ -498,7 +499,7 @@ class _PoolState:
             segment.refs -= 1
             if segment.refs > 0 or segment.name not in self.segments:
                 continue
-            if segment.size > self.max_free_bytes:
+            if segment.retired or segment.size > self.max_free_bytes:
                 self._drop(segment)  # would push every other free segment out
                 continue
             self.free.append(segment)
@@ -566,6 +567,13 @@ class _PoolState:
                     return segment
             self._drain()
         return None
+
+    def retire(self, name: str) -> None:
+        with self.lock:
+            segment = self.segments.get(name)
+            if segment is not None:
+                segment.retired = True
+            self._drain()
 
     def close(self) -> None:
         with self.lock:
@@ -777,6 +785,14 @@ class SegmentPool:
         nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
         lease = self.lease(nbytes)
         return _owned_view(lease, nbytes).view(dt).reshape(shape)
+
+    def retire(self, name: str) -> None:
+        """Never hand segment ``name`` out again: unlink it when its last lease is released.
+
+        For a segment that a worker process still uses on its own (an array of the user's code
+        kept a result region): reusing it would let that array see other data.
+        """
+        self._state.retire(name)
 
     def cleanup_leftovers(
         self, pids: Iterable[int] | None = None, *, force: bool = False

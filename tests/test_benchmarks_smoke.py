@@ -30,11 +30,11 @@ report = importlib.import_module("benchmarks._report")
 
 EXPECTED_VARIANTS = {
     "cpu_map": [
-        "serial", "mepa-process", "mepa-process-keep-heap", "mepa-thread", "ceiling", "loky",
+        "serial", "mepa-process", "mepa-process-plain-heap", "mepa-thread", "ceiling", "loky",
         "joblib", "dask", "mpire",
     ],
     "memory_map": [
-        "serial", "mepa-process", "mepa-process-keep-heap", "mepa-thread", "ceiling", "loky",
+        "serial", "mepa-process", "mepa-process-plain-heap", "mepa-thread", "ceiling", "loky",
         "joblib", "dask", "mpire",
     ],
     "shuffled_map": [

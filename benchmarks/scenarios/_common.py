@@ -42,7 +42,7 @@ __all__ = [
 #: The checkout holding ``mepa/`` and ``benchmarks/``; put on ``PYTHONPATH`` for subprocesses.
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-MepaKind = str  # "process" | "process-keep-heap" | "thread" | "dask" | "linear"
+MepaKind = str  # "process" | "process-plain-heap" | "thread" | "dask" | "linear"
 
 
 def probe_count(workers: int) -> int:
@@ -66,10 +66,10 @@ def mepa_executor(stack: contextlib.ExitStack, kind: MepaKind, workers: int) -> 
     stopped when the last process executor made here closes (see :class:`_PoolUsers`), so that
     no idle mepa pool outlives its variant's block.
     """
-    if kind in ("process", "process-keep-heap"):
+    if kind in ("process", "process-plain-heap"):
         cls = mepa_attr("ProcessExecutor")
         _POOL_USERS.enter(stack)  # its exit callback runs after the executor's own shutdown
-        ex = cls(workers, keep_worker_heap=True) if kind == "process-keep-heap" else cls(workers)
+        ex = cls(workers, keep_worker_heap=False) if kind == "process-plain-heap" else cls(workers)
     elif kind == "thread":
         ex = mepa_attr("ThreadExecutor")(workers)
     elif kind == "dask":

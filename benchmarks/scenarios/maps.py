@@ -149,10 +149,10 @@ def map_variants(x: k.FloatArray, kernel: Kernel, config: RunConfig) -> tuple[Va
         Variant("serial", "serial", serial, "NumPy on one core"),
         Variant("mepa-process", "mepa", mepa("process"), f"mepa ProcessExecutor({w})"),
         Variant(
-            "mepa-process-keep-heap",
+            "mepa-process-plain-heap",
             "mepa",
-            mepa("process-keep-heap"),
-            f"mepa ProcessExecutor({w}, keep_worker_heap=True)",
+            mepa("process-plain-heap"),
+            f"mepa ProcessExecutor({w}, keep_worker_heap=False)",
         ),
         Variant("mepa-thread", "mepa", mepa("thread"), f"mepa ThreadExecutor({w})"),
         Variant(

@@ -35,7 +35,8 @@ import numpy as np
 
 from .._allocation import Allocation, ChunkSelection, PlacedRows
 from .._errors import SerializationError, WorkerCrashedError
-from .._payload import SharedResult, dumps_shared, loads_result, run_payload
+from .._heap import run_kept, worker_env
+from .._payload import REGION_HELD, SharedResult, dumps_shared, loads_result, run_payload
 from .._shm import (
     DEFAULT_THRESHOLD,
     Lease,
@@ -65,14 +66,14 @@ class ProcessExecutor(Executor):
         NumPy arrays of at least this many bytes (arguments, chunks and results) travel
         through shared memory instead of being pickled; ``None`` turns this off.
     keep_worker_heap
-        Let worker processes keep the memory they free for their next allocations instead of
-        returning it to the system (glibc ``malloc`` settings in the workers' environment).
-        NumPy allocates every large temporary afresh; on Linux each one is a new mapping whose
-        pages fault in one by one, which can cost as much as the arithmetic. With this on, a
-        worker reuses already-mapped memory: array-heavy tasks run faster (``cpu_map``
-        benchmark: 1.80x-2.11x serial, against 1.68x-1.96x without), at the price of idle
-        workers holding their peak memory until they exit (after a minute without work).
-        Executors with and without it use separate worker pools.
+        Let worker processes reuse the memory they free instead of returning it to the system
+        at once (glibc ``malloc`` settings in the workers' environment; a no-op elsewhere).
+        NumPy allocates every large temporary afresh; returned to the system, its pages fault
+        in and are zeroed again for the next one, which can cost as much as the arithmetic.
+        A worker keeps at most 512 MiB free (an eighth of the machine's memory per worker, if
+        less), and returns what it holds when a task leaves more than that and after
+        10 seconds without work. ``False`` keeps the allocator's defaults.
+        Executors with different settings use separate worker pools.
 
     Notes
     -----
@@ -97,7 +98,7 @@ class ProcessExecutor(Executor):
         n_workers: int | None = None,
         *,
         shared_memory_threshold: int | None = DEFAULT_THRESHOLD,
-        keep_worker_heap: bool = False,
+        keep_worker_heap: bool = True,
     ) -> None:
         super().__init__(make_workers("process", n_workers, physical_cores()))
         if shared_memory_threshold is not None and (
@@ -159,7 +160,7 @@ class ProcessExecutor(Executor):
         from .._events import run_task
 
         if self._threshold is None:
-            return run_task, (fn, *args), kwargs
+            return run_kept, (run_task, fn, *args), kwargs
         hint: _ChunkHint | None = future._hint
         slot: SegmentRef | None = None
         output: OutputBuffer | None = None
@@ -169,14 +170,22 @@ class ProcessExecutor(Executor):
         pool = self._pool()
         payload, leases = dumps_shared((fn, args, kwargs), pool, self._threshold)
         future._transport = (leases, output)
-        return run_task, (run_payload, payload, pool.prefix, self._threshold, slot), {}
+        return run_kept, (run_task, run_payload, payload, pool.prefix, self._threshold, slot), {}
 
     def _decode_result(self, future: TaskFuture[Any], value: Any) -> Any:
         transport = future._transport
         if not isinstance(value, SharedResult) or transport is None:
             return value
         _, output = transport
+        if value.held:
+            self._retire(output)
         return loads_result(value.payload, output)
+
+    def _retire(self, output: OutputBuffer | None) -> None:
+        """A worker's array still uses ``output``: never hand its segment out again."""
+        segments = self._segments
+        if output is not None and segments is not None:
+            segments.retire(output.name)
 
     def _task_finished(self, future: TaskFuture[Any]) -> None:
         transport, future._transport = future._transport, None
@@ -255,6 +264,8 @@ class ProcessExecutor(Executor):
             if segments is not None:
                 segments.cleanup_leftovers()
             return crash
+        if exc.__dict__.pop(REGION_HELD, False) and future._transport is not None:
+            self._retire(future._transport[1])
         if _is_pickling_error(exc):
             error = SerializationError(
                 f"the task on {future.describe()} or its result could not be pickled: {exc}; "
@@ -279,27 +290,28 @@ class _PoolCache:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._shared: Any = None
-        self._size: tuple[int, bool] = (0, False)
+        self._size: tuple[int, tuple[tuple[str, str], ...]] = (0, ())
         self._users: set[int] = set()
         self._private: dict[int, Any] = {}
 
-    def acquire(self, user: object, n_workers: int, keep_heap: bool = False) -> Any:
+    def acquire(self, user: object, n_workers: int, keep_heap: bool = True) -> Any:
         import loky
 
+        env = tuple(sorted(worker_env(n_workers).items())) if keep_heap else ()
         with self._lock:
             if self._shared is not None and _is_broken(self._shared):
                 self._shared = None
-            if self._shared is not None and self._size == (n_workers, keep_heap):
+            if self._shared is not None and self._size == (n_workers, env):
                 self._users.add(id(user))
                 return self._shared
             if self._shared is None or not (self._users - {id(user)}):
                 if self._shared is not None:
                     self._shared.shutdown(wait=False, kill_workers=True)
-                self._shared = _new_pool(loky, n_workers, keep_heap)
-                self._size = (n_workers, keep_heap)
+                self._shared = _new_pool(loky, n_workers, env)
+                self._size = (n_workers, env)
                 self._users = {id(user)}
                 return self._shared
-            pool = _new_pool(loky, n_workers, keep_heap)
+            pool = _new_pool(loky, n_workers, env)
             self._private[id(user)] = pool
             return pool
 
@@ -336,18 +348,10 @@ class _PoolCache:
                 pool.shutdown(wait=True, kill_workers=True)
 
 
-# glibc malloc in the workers: serve allocations below 1 GiB from the heap rather than fresh
-# mappings, and never give freed heap memory back (see ``keep_worker_heap``).
-_KEEP_HEAP_ENV = {
-    "MALLOC_MMAP_THRESHOLD_": str(1 << 30),
-    "MALLOC_TRIM_THRESHOLD_": str(1 << 40),
-    "MALLOC_TOP_PAD_": str(64 << 20),
-}
-
-
-def _new_pool(loky: Any, n_workers: int, keep_heap: bool) -> Any:
-    env = _KEEP_HEAP_ENV if keep_heap else None
-    return loky.ProcessPoolExecutor(max_workers=n_workers, timeout=_IDLE_TIMEOUT, env=env)
+def _new_pool(loky: Any, n_workers: int, env: tuple[tuple[str, str], ...]) -> Any:
+    return loky.ProcessPoolExecutor(
+        max_workers=n_workers, timeout=_IDLE_TIMEOUT, env=dict(env) or None
+    )
 
 
 _POOLS = _PoolCache()
@@ -555,6 +559,9 @@ class _Placed:
     """A result whose rows the worker wrote to the ordered copy; unpickles to the array."""
 
     __slots__ = ("array", "chunk", "token")
+
+    #: Where the result array is, for a worker whose result may already be in its slot.
+    result_field = "array"
 
     def __init__(self, array: Any, token: str, chunk: int) -> None:
         self.array = array
