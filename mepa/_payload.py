@@ -190,6 +190,9 @@ def run_payload(
             del fn, args, kwargs
             return SharedResult(dumps_result(result, prefix, threshold, slot))
         assert slot is not None
+        prepare = getattr(fn, "prepare", None)
+        if prepare is not None:  # take the chunks first: they must not get the region
+            fn, args, kwargs = prepare(args, kwargs)
         region.enter()
         try:
             result = fn(*args, **kwargs)

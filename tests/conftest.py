@@ -19,6 +19,30 @@ settings.register_profile(
 )
 settings.load_profile("ci" if os.environ.get("CI") else "default")
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Build mepa's C extensions in place when the checkout has none.
+
+    The tests import mepa from the checkout (``python -m pytest`` puts it first on the path),
+    and so do the worker processes they start, so an installed build is not what runs. Built
+    here, the suite runs the same code as an installed mepa; without a compiler the build
+    fails quietly and mepa's pure-Python fallbacks run (the tests of each extension skip).
+    """
+    import importlib.util
+    import subprocess
+
+    if all(importlib.util.find_spec(name) for name in ("mepa._tally", "mepa._inplace")):
+        return
+    subprocess.run(
+        [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+        cwd=REPO,
+        check=False,
+        capture_output=True,
+        timeout=300,
+    )
+
 SHM_DIR = "/dev/shm"
 
 

@@ -735,11 +735,22 @@ class ChunkCall:
     def __reduce__(self) -> tuple[Any, ...]:
         return (ChunkCall, (self.fn,))
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def prepare(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+        """Take the chunks now: the user's function, and the arguments to call it with.
+
+        A worker that must tell its own allocations from the user's calls this first.
+        """
+
         def resolve(leaf: Any) -> Any:
             return leaf.resolve() if isinstance(leaf, LazyChunk) else leaf
 
-        return self.fn(*tree_map(resolve, args), **tree_map(resolve, kwargs))
+        return self.fn, tree_map(resolve, args), tree_map(resolve, kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        fn, args, kwargs = self.prepare(args, kwargs)
+        return fn(*args, **kwargs)
 
 
 class DistributePlan:

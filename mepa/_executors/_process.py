@@ -551,6 +551,16 @@ class _Placing:
     def __reduce__(self) -> tuple[Any, ...]:
         return (_Placing, (self.fn, self.placement))
 
+    def prepare(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+        """As :meth:`ChunkCall.prepare`, the rows still put in place after the call."""
+        prepare = getattr(self.fn, "prepare", None)
+        if prepare is None:
+            return self, args, kwargs
+        fn, args, kwargs = prepare(args, kwargs)
+        return _Placing(fn, self.placement), args, kwargs
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.placement.place(self.fn(*args, **kwargs))
 
