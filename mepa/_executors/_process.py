@@ -12,9 +12,10 @@
       view of the segment (no copy); the segment is freed with the last view
     distribute(fn, alloc)
       └─ alloc's data ─▶ pooled segment, once ─▶  take own chunk (view, or gather of blocks)
-                                                  fn(chunk) -> result: copy to its region of
-                                                  one output buffer; if shuffled, also put its
-                                                  rows back in place in an ordered buffer
+                                                  fn(chunk) -> result, made in its region of
+                                                  one output buffer (else copied there); if
+                                                  shuffled, also put its rows back in place in
+                                                  an ordered buffer
       reassemble: the output (unshuffled) or the ordered buffer (shuffled), no copy
     events: ctx.fire ─ batched ─▶ private AF_UNIX socket (authkey) ─▶ dispatcher thread
 
