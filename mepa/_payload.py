@@ -217,7 +217,7 @@ def run_payload(
 
 def _result_region(slot: SegmentRef | None) -> Any:
     """A :class:`mepa._inplace.Region` over ``slot``, or ``None`` without the extension."""
-    if slot is None:
+    if slot is None or slot.size == 0:  # an empty chunk's region: nothing to allocate there
         return None
     try:
         from ._inplace import Region

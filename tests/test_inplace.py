@@ -287,3 +287,12 @@ def test_two_workers_fill_one_buffer_in_place():
         out = alloc.reassemble(results)
     assert results[0].base is not None and np.shares_memory(out, results[1])
     np.testing.assert_array_equal(out, trig(data))
+
+
+def test_a_worker_with_an_empty_chunk():
+    data = np.linspace(0, 3, N).reshape(1, N)  # one row of 3.2 MB for two workers
+    with mepa.ProcessExecutor(2) as ex:
+        alloc = ex.arrange(data)
+        assert sorted(alloc.sizes) == [0, 1]
+        results = ex.gather(ex.distribute(trig, alloc))
+        np.testing.assert_array_equal(alloc.reassemble(results), trig(data))
