@@ -269,6 +269,7 @@ def _occupies(array: Any, region: Any) -> bool:
     """Whether ``array`` is the one the region was handed to."""
     return (
         _is_plain_array(array)
+        and not array.dtype.hasobject  # pointers of this process: meaningless to the host
         and array.nbytes == region.size
         and array.flags.owndata
         and array.flags.c_contiguous
