@@ -216,28 +216,26 @@ def run_payload(
 
 
 def _result_region(slot: SegmentRef | None) -> Any:
-    """A :class:`mepa._inplace.Region` over ``slot``, or ``None`` without the extension."""
+    """A region handler over ``slot`` (see :mod:`mepa._regions`), or ``None``."""
     if slot is None or slot.size == 0:  # an empty chunk's region: nothing to allocate there
         return None
-    try:
-        from ._inplace import Region
-    except ImportError:
-        return None
+    from ._regions import region_over
     from ._shm import open_region
 
-    return Region(open_region(slot))
+    return region_over(open_region(slot))
 
 
 def _settle(
     box: list[Any], region: Any, slot: SegmentRef, prefix: str, threshold: int
 ) -> SharedResult:
     """Pickle the result in ``box`` (taken out of it) of a task whose region is in use."""
+    from ._regions import occupies
     from ._shm import SharedArray, open_region
 
     result = box.pop()
     field = getattr(type(result), "result_field", None)  # a wrapper, such as the row placer's
     array = result if field is None else getattr(result, field)
-    if not _occupies(array, region):
+    if not occupies(array, region):
         del array
         payload = dumps_result(result, prefix, threshold, None)  # the region is not ours
         del result
@@ -263,18 +261,6 @@ def _settle(
         setattr(result, field, stand_in)
     del stand_in
     return SharedResult(dumps_result(result, prefix, threshold, None), held)
-
-
-def _occupies(array: Any, region: Any) -> bool:
-    """Whether ``array`` is the one the region was handed to."""
-    return (
-        _is_plain_array(array)
-        and not array.dtype.hasobject  # pointers of this process: meaningless to the host
-        and array.nbytes == region.size
-        and array.flags.owndata
-        and array.flags.c_contiguous
-        and array.__array_interface__["data"][0] == region.address
-    )
 
 
 class _InPlace:

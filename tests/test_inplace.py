@@ -313,3 +313,80 @@ def test_an_array_of_python_objects_in_the_region_is_pickled(one_worker):
     result = alloc.reassemble(one_worker.gather(one_worker.distribute(as_objects, alloc)))
     assert result.dtype == object
     assert result.tolist() == [round(float(v), 3) for v in data]
+
+
+# -- in threads ----------------------------------------------------------------------------------
+
+
+def plus_one(chunk):
+    return chunk + 1
+
+
+@pytest.fixture
+def threads():
+    _KEPT.clear()
+    with mepa.ThreadExecutor(2) as ex:
+        yield ex
+    _KEPT.clear()
+
+
+@pytest.fixture
+def region_copies(monkeypatch):
+    """Count the copies of thread results into their regions."""
+    from mepa._executors import _local
+
+    counts = []
+    real = _local._copy_to_region
+
+    def counting(result, region):
+        out = real(result, region)
+        counts.append(out is region)
+        return out
+
+    monkeypatch.setattr(_local, "_copy_to_region", counting)
+    return counts
+
+
+def test_thread_results_are_made_in_the_output(threads, region_copies):
+    data = np.linspace(0, 3, 2 * N)
+    alloc = threads.arrange(data)
+    results = threads.gather(threads.distribute(plus_one, alloc))
+    out = alloc.reassemble(results)
+    assert region_copies == []
+    assert np.shares_memory(out, results[0])
+    assert np.shares_memory(out, results[1])
+    np.testing.assert_array_equal(out, data + 1)
+
+
+def test_thread_results_made_elsewhere_are_copied(threads, region_copies):
+    data = np.linspace(0, 3, 2 * N)
+    alloc = threads.arrange(data)
+    out = alloc.reassemble(threads.gather(threads.distribute(no_region_then(plus_one), alloc)))
+    assert region_copies == [True, True]
+    np.testing.assert_array_equal(out, data + 1)
+
+
+def test_a_temporary_a_thread_keeps_is_not_overwritten(threads):
+    data = np.linspace(0, 3, 2 * N)
+    alloc = threads.arrange(data)
+    out = alloc.reassemble(threads.gather(threads.distribute(temporary_kept, alloc)))
+    np.testing.assert_array_equal(out, data * 2)
+    sines = sorted(_KEPT, key=lambda a: a[0])
+    np.testing.assert_array_equal(np.concatenate(sines), np.sin(data))
+
+
+def test_a_result_a_thread_keeps_is_not_reused_for_later_results(threads):
+    data = np.linspace(0, 3, 2 * N)
+    alloc = threads.arrange(data)
+    out = alloc.reassemble(threads.gather(threads.distribute(trig_kept, alloc)))
+    np.testing.assert_array_equal(out, trig(data))
+    kept = [a.copy() for a in _KEPT]
+    del out, alloc
+    for k in range(3):
+        other = np.linspace(10, 20 + k, 2 * N)
+        alloc = threads.arrange(other)
+        np.testing.assert_array_equal(
+            alloc.reassemble(threads.gather(threads.distribute(trig, alloc))), trig(other)
+        )
+    for now, before in zip(_KEPT, kept, strict=True):
+        np.testing.assert_array_equal(now, before)

@@ -164,15 +164,35 @@ class _ThreadHint(ChunkHint):
             return call
 
         def place(*args: Any, **kwargs: Any) -> Any:
-            result = call(*args, **kwargs)
-            if (
-                type(result) is np.ndarray
-                and result.shape == region.shape
-                and result.dtype == region.dtype
-                and not np.shares_memory(result, region)
-            ):
-                np.copyto(region, result)
-                return region
-            return result
+            from .._regions import occupies, region_over
+
+            user_fn, args, kwargs = call.prepare(args, kwargs)
+            handler = region_over(region)
+            if handler is None:
+                return _copy_to_region(user_fn(*args, **kwargs), region)
+            handler.enter()  # this thread's context only
+            try:
+                result = user_fn(*args, **kwargs)
+            finally:
+                handler.exit()
+            if occupies(result, handler) and result.shape == region.shape:
+                # Made in place; ``region`` is the same memory, as a view of the output.
+                return region if result.dtype == region.dtype else result
+            if handler.taken:
+                return result  # an array of the task's code lives in the region: leave it
+            return _copy_to_region(result, region)
 
         return place
+
+
+def _copy_to_region(result: Any, region: np.ndarray[Any, Any]) -> Any:
+    """``region``, holding a copy of ``result`` if it has the region's shape and dtype."""
+    if (
+        type(result) is np.ndarray
+        and result.shape == region.shape
+        and result.dtype == region.dtype
+        and not np.shares_memory(result, region)
+    ):
+        np.copyto(region, result)
+        return region
+    return result
