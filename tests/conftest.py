@@ -28,20 +28,39 @@ def pytest_configure(config: pytest.Config) -> None:
     The tests import mepa from the checkout (``python -m pytest`` puts it first on the path),
     and so do the worker processes they start, so an installed build is not what runs. Built
     here, the suite runs the same code as an installed mepa; without a compiler the build
-    fails quietly and mepa's pure-Python fallbacks run (the tests of each extension skip).
+    fails, mepa's pure-Python fallbacks run (the tests of each extension skip) and the header
+    of the run says why.
     """
     import importlib.util
     import subprocess
 
-    if all(importlib.util.find_spec(name) for name in ("mepa._tally", "mepa._inplace")):
+    names = ("mepa._tally", "mepa._inplace")
+    if all(importlib.util.find_spec(name) for name in names):
+        _BUILD_REPORT.append("mepa C extensions: present")
         return
-    subprocess.run(
+    proc = subprocess.run(
         [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
         cwd=REPO,
         check=False,
         capture_output=True,
+        text=True,
         timeout=300,
     )
+    importlib.invalidate_caches()
+    missing = [name for name in names if importlib.util.find_spec(name) is None]
+    if not missing:
+        _BUILD_REPORT.append("mepa C extensions: built in place for this run")
+    else:
+        why = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        _BUILD_REPORT.append(f"mepa C extensions NOT built ({', '.join(missing)}): {why}")
+
+
+_BUILD_REPORT: list[str] = []
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return _BUILD_REPORT
+
 
 SHM_DIR = "/dev/shm"
 
