@@ -31,6 +31,12 @@ def free_heap():
     return _heap.free_bytes()
 
 
+def resident():
+    """This process's resident memory, in bytes (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 def worker_pid():
     return os.getpid()
 
@@ -50,26 +56,28 @@ def idle_delay(monkeypatch):
 
 
 def test_freed_memory_is_kept_between_tasks_and_returned_when_idle(idle_delay):
-    idle_delay(0.5)
+    idle_delay(1.0)
     with mepa.ProcessExecutor(1) as ex:
-        ex.submit_and_gather(churn, 120 * MiB)
-        kept = ex.submit_and_gather(free_heap)
-        assert kept >= 200 * MiB  # both arrays stayed in the heap
+        before = ex.submit_and_gather(resident)
+        ex.submit_and_gather(churn, 150 * MiB)
+        assert ex.submit_and_gather(free_heap) >= 300 * MiB  # both arrays stayed in the heap
+        assert ex.submit_and_gather(resident) - before >= 250 * MiB  # and in memory
         deadline = time.monotonic() + 30
         while True:
-            time.sleep(1.5)  # each probe is a task, which calls off the idle trim
-            free = ex.submit_and_gather(free_heap)
-            if free <= 128 * MiB or time.monotonic() > deadline:
+            time.sleep(2.5)  # each probe is a task, which calls off the idle trim
+            grown = ex.submit_and_gather(resident) - before
+            if grown <= 64 * MiB or time.monotonic() > deadline:
                 break
-        assert free <= 128 * MiB, f"{free / MiB:.0f} MiB still free in the heap when idle"
+        assert grown <= 64 * MiB, f"still {grown / MiB:.0f} MiB more resident when idle"
 
 
 def test_a_task_that_frees_more_than_the_cap_returns_it_at_once(idle_delay):
     idle_delay(600.0)
     cap = _heap.default_cap(1)
     with mepa.ProcessExecutor(1) as ex:
+        before = ex.submit_and_gather(resident)
         ex.submit_and_gather(churn, cap // 2 + 64 * MiB)
-        assert ex.submit_and_gather(free_heap) <= 128 * MiB
+        assert ex.submit_and_gather(resident) - before <= 64 * MiB
 
 
 def test_kept_memory_does_not_get_workers_restarted_by_lokys_leak_guard(idle_delay):
@@ -100,8 +108,10 @@ def test_workers_keep_their_heap_by_default_and_not_when_asked():
         assert int(trim) >= 1 << 40
     with mepa.ProcessExecutor(2, keep_worker_heap=False) as ex:  # another pool
         assert ex.submit_and_gather(malloc_env) == malloc_env()
-        ex.submit_and_gather(churn, 120 * MiB)
+        before = ex.submit_and_gather(resident)
+        ex.submit_and_gather(churn, 150 * MiB)
         assert ex.submit_and_gather(free_heap) < 64 * MiB  # glibc unmapped them
+        assert ex.submit_and_gather(resident) - before <= 64 * MiB
 
 
 def test_the_cap_shrinks_with_the_machines_memory(monkeypatch):
