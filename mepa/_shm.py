@@ -282,7 +282,8 @@ def _is_candidate(value: object, threshold: int) -> bool:
 class SegmentRef:
     """A picklable reference to a segment, or to ``size`` bytes of it from ``offset``.
 
-    It is the result slot offered to a task: the task copies its result arrays there.
+    It is the result slot offered to a task: its result arrays go there (copied, or made there
+    in the first place, see :mod:`mepa._regions`).
     """
 
     name: str

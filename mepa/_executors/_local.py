@@ -127,10 +127,11 @@ class ThreadExecutor(_InProcess):
 class _ThreadPlan(DistributePlan):
     """Threads take their shuffled chunks and write their results into one pooled output.
 
-    When chunk results match the data's row shape and dtype, each thread copies its result
-    into the rows of one output buffer that sit where :meth:`~mepa.Allocation.reassemble`
-    expects them (unshuffled), so reassembling returns that buffer without a copy. The buffer
-    is pooled memory, already paged in, and returns to the pool with the last view of it.
+    When chunk results match the data's row shape and dtype, each thread makes its result in
+    (see :mod:`mepa._regions`), or copies it into, the rows of one output buffer that sit
+    where :meth:`~mepa.Allocation.reassemble` expects them (unshuffled), so reassembling
+    returns that buffer without a copy. The buffer is pooled memory, already paged in, and
+    returns to the pool with the last view of it.
     """
 
     def __init__(self, executor: ThreadExecutor, allocations: list[Allocation]) -> None:

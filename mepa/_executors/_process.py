@@ -393,8 +393,9 @@ class _SharedPlan(DistributePlan):
     """A distribute whose big allocations were copied once into shared memory.
 
     Every worker then takes its own chunk from the shared source (a view when unshuffled,
-    its gather of blocks when shuffled), in parallel, and copies its result into the region
-    of one shared output buffer where its rows sit, so that unshuffled results come back as
+    its gather of blocks when shuffled), in parallel, and makes its result in (or copies it
+    into) the region of one shared output buffer where its rows sit (see
+    :mod:`mepa._regions`), so that unshuffled results come back as
     adjacent views that :meth:`~mepa.Allocation.reassemble` returns without a copy. When the
     first allocation is shuffled, each worker also writes its result's rows to their original
     positions in a second buffer (a :class:`~mepa._allocation.PlacedRows`), which
