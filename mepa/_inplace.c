@@ -10,10 +10,13 @@
  *
  * The Region keeps the object that maps the memory alive for as long as an array may
  * point into it: until exit() if the region is free then, else until that array is freed.
+ * A process forked while a Region is entered never gets the region (the mapping is shared:
+ * the child's array would be the parent's result).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <string.h>
+#include <unistd.h>
 
 #define NPY_NO_DEPRECATED_API NPY_1_22_API_VERSION
 #define NPY_TARGET_VERSION NPY_1_22_API_VERSION
@@ -24,6 +27,7 @@ typedef struct {
     size_t size;
     int taken;           /* an array owns the region */
     int open;            /* between enter() and exit(): the region may be handed out */
+    pid_t pid;           /* the process that entered: a forked child never gets the region */
     PyObject *keep;      /* keeps the mapping alive; NULL once it may go */
     PyObject *previous;  /* capsule of the handler this one forwards to */
     PyDataMemAllocator forward;
@@ -43,7 +47,7 @@ static void *
 slot_malloc(void *ctx, size_t size)
 {
     Slot *slot = (Slot *)ctx;
-    if (slot->open && !slot->taken && size == slot->size) {
+    if (slot->open && !slot->taken && size == slot->size && getpid() == slot->pid) {
         slot->taken = 1;
         return slot->base;
     }
@@ -55,7 +59,7 @@ slot_calloc(void *ctx, size_t nelem, size_t elsize)
 {
     Slot *slot = (Slot *)ctx;
     if (slot->open && !slot->taken && elsize != 0 && nelem == slot->size / elsize
-            && nelem * elsize == slot->size) {
+            && nelem * elsize == slot->size && getpid() == slot->pid) {
         slot->taken = 1;
         memset(slot->base, 0, slot->size);
         return slot->base;
@@ -213,6 +217,7 @@ Region_enter(RegionObject *self, PyObject *Py_UNUSED(ignored))
         return NULL;
     }
     self->replaced = old;
+    self->slot->pid = getpid();
     self->slot->open = 1;
     Py_RETURN_NONE;
 }

@@ -147,6 +147,23 @@ def as_objects(chunk):
     return out
 
 
+def trig_with_a_forked_child(chunk):
+    """A child forked during the task makes an array of the chunk's size after the parent's."""
+    import os
+    import time
+
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        try:
+            time.sleep(0.3)
+            np.full(len(chunk), -1.0)
+        finally:
+            os._exit(0)
+    y = trig(chunk)
+    os.waitpid(pid, 0)
+    return y
+
+
 def kept_then_raise(chunk):
     _KEPT.append(np.sin(chunk))
     raise ValueError("failed on purpose")
@@ -278,6 +295,13 @@ def test_a_task_that_raises_after_keeping_a_region_array(one_worker):
         alloc = one_worker.arrange(np.ones(N))
         one_worker.gather(one_worker.distribute(trig, alloc))
     assert one_worker.submit_and_gather(kept_checksums) == [float(np.sin(data).sum())]
+
+
+def test_a_child_forked_by_the_task_never_gets_the_region(one_worker):
+    data = np.linspace(0, 3, N)
+    alloc = one_worker.arrange(data)
+    futures = one_worker.distribute(trig_with_a_forked_child, alloc)
+    np.testing.assert_array_equal(alloc.reassemble(one_worker.gather(futures)), trig(data))
 
 
 def test_a_view_of_the_region_array_is_returned_correctly(one_worker):
