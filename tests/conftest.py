@@ -35,7 +35,7 @@ def pytest_configure(config: pytest.Config) -> None:
     import subprocess
 
     names = ("mepa._tally", "mepa._inplace")
-    if all(importlib.util.find_spec(name) for name in names):
+    if all(_built_and_fresh(name) for name in names):
         _BUILD_REPORT.append("mepa C extensions: present")
         return
     proc = subprocess.run(
@@ -56,6 +56,23 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 _BUILD_REPORT: list[str] = []
+
+
+def _built_and_fresh(name: str) -> bool:
+    """Whether extension ``name`` is importable and, in the checkout, newer than its source."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None:
+        return False
+    source = os.path.join(REPO, *name.split(".")) + ".c"
+    in_checkout = os.path.dirname(spec.origin) == os.path.dirname(source)
+    # An in-place build copies the library with its time rounded down to the second.
+    return not (
+        in_checkout
+        and os.path.exists(source)
+        and os.path.getmtime(source) > os.path.getmtime(spec.origin) + 1.0
+    )
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
