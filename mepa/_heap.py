@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 __all__ = [
     "DEFAULT_CAP",
     "IDLE_DELAY",
+    "default_cap",
     "free_bytes",
     "run_kept",
     "supported",

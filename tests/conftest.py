@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -31,9 +33,6 @@ def pytest_configure(config: pytest.Config) -> None:
     fails, mepa's pure-Python fallbacks run (the tests of each extension skip) and the header
     of the run says why.
     """
-    import importlib.util
-    import subprocess
-
     names = ("mepa._tally", "mepa._inplace")
     if all(_built_and_fresh(name) for name in names):
         _BUILD_REPORT.append("mepa C extensions: present")
@@ -60,8 +59,6 @@ _BUILD_REPORT: list[str] = []
 
 def _built_and_fresh(name: str) -> bool:
     """Whether extension ``name`` is importable and, in the checkout, newer than its source."""
-    import importlib.util
-
     spec = importlib.util.find_spec(name)
     if spec is None or spec.origin is None:
         return False

@@ -207,6 +207,16 @@ def copies_counted():
     return len(counting.counts)
 
 
+def distribute_more(ex, n, shuffle=False):
+    """Three more distributes of ``n`` rows, correct each: they reuse pooled output buffers."""
+    for k in range(3):
+        other = np.linspace(10, 20 + k, n)
+        alloc = ex.arrange(other, shuffle=shuffle)
+        np.testing.assert_array_equal(
+            alloc.reassemble(ex.gather(ex.distribute(trig, alloc))), trig(other)
+        )
+
+
 @pytest.fixture
 def one_worker():
     """One worker, so that every task of a test runs in the same process."""
@@ -265,12 +275,7 @@ def test_a_result_the_worker_keeps_comes_back_as_a_copy(one_worker, shuffle):
     kept = one_worker.submit_and_gather(kept_checksums)
     del first, alloc
     # More calls reuse pooled segments; none may be the one the kept array lives in.
-    for k in range(3):
-        other = np.linspace(10, 20 + k, N)
-        alloc = one_worker.arrange(other, shuffle=shuffle)
-        np.testing.assert_array_equal(
-            alloc.reassemble(one_worker.gather(one_worker.distribute(trig, alloc))), trig(other)
-        )
+    distribute_more(one_worker, N, shuffle)
     assert one_worker.submit_and_gather(kept_checksums) == kept
 
 
@@ -280,9 +285,7 @@ def test_a_temporary_the_worker_keeps_is_not_overwritten(one_worker):
     result = alloc.reassemble(one_worker.gather(one_worker.distribute(temporary_kept, alloc)))
     np.testing.assert_array_equal(result, data * 2)
     assert one_worker.submit_and_gather(kept_checksums) == [float(np.sin(data).sum())]
-    for _ in range(2):
-        alloc = one_worker.arrange(np.ones(N))
-        one_worker.gather(one_worker.distribute(trig, alloc))
+    distribute_more(one_worker, N)
     assert one_worker.submit_and_gather(kept_checksums) == [float(np.sin(data).sum())]
 
 
@@ -291,9 +294,7 @@ def test_a_task_that_raises_after_keeping_a_region_array(one_worker):
     alloc = one_worker.arrange(data)
     with pytest.raises(ValueError, match="failed on purpose"):
         one_worker.gather(one_worker.distribute(kept_then_raise, alloc))
-    for _ in range(2):
-        alloc = one_worker.arrange(np.ones(N))
-        one_worker.gather(one_worker.distribute(trig, alloc))
+    distribute_more(one_worker, N)
     assert one_worker.submit_and_gather(kept_checksums) == [float(np.sin(data).sum())]
 
 
@@ -406,11 +407,6 @@ def test_a_result_a_thread_keeps_is_not_reused_for_later_results(threads):
     np.testing.assert_array_equal(out, trig(data))
     kept = [a.copy() for a in _KEPT]
     del out, alloc
-    for k in range(3):
-        other = np.linspace(10, 20 + k, 2 * N)
-        alloc = threads.arrange(other)
-        np.testing.assert_array_equal(
-            alloc.reassemble(threads.gather(threads.distribute(trig, alloc))), trig(other)
-        )
+    distribute_more(threads, 2 * N)
     for now, before in zip(_KEPT, kept, strict=True):
         np.testing.assert_array_equal(now, before)
