@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ._errors import (
     AllocationError,
     BrokenExecutor,
+    ClusterSpecError,
     ExecutorShutdownError,
     MepaError,
     SerializationError,
@@ -47,6 +48,7 @@ __all__ = [
     "AllocationPlan",
     "BrokenExecutor",
     "ChunkSelection",
+    "ClusterSpecError",
     "DaskExecutor",
     "EventContext",
     "Executor",

@@ -6,6 +6,7 @@ built-in exception a NumPy or ``concurrent.futures`` user would expect to catch:
     MepaError
     ├── AllocationError (also ValueError)        bad weights, shuffles, data or results
     ├── WorkerSpecError (also ValueError)        bad worker counts, names or weights
+    ├── ClusterSpecError (also ValueError)       a cluster address or security that cannot work
     ├── ExecutorShutdownError (also RuntimeError) submit after shutdown
     ├── SerializationError (also TypeError)      a task, argument or result cannot be pickled
     └── BrokenExecutor (also concurrent.futures.BrokenExecutor)
@@ -23,6 +24,7 @@ import concurrent.futures
 __all__ = [
     "AllocationError",
     "BrokenExecutor",
+    "ClusterSpecError",
     "ExecutorShutdownError",
     "MepaError",
     "SerializationError",
@@ -41,6 +43,10 @@ class AllocationError(MepaError, ValueError):
 
 class WorkerSpecError(MepaError, ValueError):
     """A worker count, name or weight that does not describe a usable set of workers."""
+
+
+class ClusterSpecError(MepaError, ValueError):
+    """A cluster address, cluster object or security setting that cannot reach a usable cluster."""
 
 
 class ExecutorShutdownError(MepaError, RuntimeError):

@@ -28,10 +28,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import hashlib
+import hmac
 import ipaddress
 import logging
 import os
 import re
+import secrets
 import socket
 import threading
 import traceback
@@ -44,7 +47,7 @@ import distributed
 import numpy as np
 
 from .._dask_shipping import LocalModules, Slot, dumps_shipped, run_shipped
-from .._errors import SerializationError, WorkerCrashedError, WorkerSpecError
+from .._errors import ClusterSpecError, SerializationError, WorkerCrashedError, WorkerSpecError
 from .._events import Channel, EventHub, Transport
 from .._tree import iter_leaves, tree_map
 from .._worker import Worker, physical_cores
@@ -170,6 +173,13 @@ class DaskExecutor(Executor):
                     "address must be 'tcp://host:port' or 'tls://host:port', got ''; "
                     "pass None to start an embedded cluster"
                 )
+            if address.startswith("tls://") and security is None:
+                raise ClusterSpecError(
+                    f"address {address!r} asks for TLS but security is None; pass "
+                    "security=distributed.security.Security(tls_ca_file=..., "
+                    "tls_client_cert=..., tls_client_key=..., require_encryption=True) with "
+                    "the certificates the scheduler trusts"
+                )
             client = _CLIENT(address, security=security, timeout=timeout, set_as_default=False)
         elif address is None:
             self._cluster = _start_local_cluster(n_workers, threads_per_worker, security)
@@ -201,6 +211,7 @@ class DaskExecutor(Executor):
         )
         self._dask_lock = threading.Lock()
         self._topics: list[str] = []
+        self._rejected = 0
 
     # ------------------------------------------------------------------ cluster
 
@@ -395,15 +406,28 @@ class DaskExecutor(Executor):
 
     # ------------------------------------------------------------------ events
 
+    @property
+    def rejected_events(self) -> int:
+        """Messages on the executor's event topics dropped unread: not signed by its tasks.
+
+        Any client of the scheduler can write to any topic; a message whose signature does not
+        match the executor's secret is never unpickled (see Notes of :class:`DaskExecutor`).
+        """
+        return self._rejected
+
     def _make_hub(self) -> EventHub:
         hub = super()._make_hub()
-        channel = DaskChannel(hub.hub_id, f"mepa-events-{hub.hub_id}")
+        channel = DaskChannel(hub.hub_id, f"mepa-events-{hub.hub_id}", secrets.token_bytes(32))
         deliver = hub.deliver_bytes
 
         def on_event(event: tuple[float, Any]) -> None:
-            # Runs on the client's event loop: only decode and queue for the dispatcher.
+            # Runs on the client's event loop: only check, decode and queue for the dispatcher.
+            payload = channel.open(event[1])
+            if payload is None:
+                self._reject(channel.topic)
+                return
             try:
-                deliver(event[1])
+                deliver(payload)
             except Exception:
                 logger.exception("bad event batch on %s", channel.topic)
 
@@ -411,6 +435,15 @@ class DaskExecutor(Executor):
         self._topics.append(channel.topic)
         hub.use_channel(channel)
         return hub
+
+    def _reject(self, topic: str) -> None:
+        self._rejected += 1  # only the client's event loop counts
+        log = logger.warning if self._rejected == 1 else logger.debug
+        log(
+            "dropped a message on %s that no task of this executor signed (%d so far): another "
+            "client of the scheduler is writing to the executor's event topic",
+            topic, self._rejected,
+        )
 
     def __repr__(self) -> str:
         state = "shut down" if self._is_shutdown else "running"
@@ -521,17 +554,46 @@ def _is_pickling_error(exc: BaseException) -> bool:
 class DaskChannel(Channel):
     """Event channel from Dask workers to a hub: ``Worker.log_event`` on a topic of the hub.
 
+    Every batch is sent signed: an HMAC-SHA256 of the encoded batch under ``secret``, then the
+    batch. The secret travels to the workers inside the task payloads (in the pickled
+    channel), never on the topic; the host checks the signature before it unpickles anything.
+
     Parameters
     ----------
     hub_id
         The hub's id.
     topic
         The Dask event topic the executor subscribed to.
+    secret
+        The key of the signatures, random per hub.
     """
 
-    def __init__(self, hub_id: str, topic: str) -> None:
+    def __init__(self, hub_id: str, topic: str, secret: bytes) -> None:
         super().__init__(hub_id)
         self.topic = topic
+        self.secret = secret
+
+    def seal(self, payload: bytes) -> bytes:
+        """The message for ``payload``: its signature, then ``payload``."""
+        return hmac.digest(self.secret, payload, hashlib.sha256) + payload
+
+    def open(self, message: object) -> bytes | None:
+        """The payload of a sealed ``message``, or ``None`` if it is not one of this channel's.
+
+        Parameters
+        ----------
+        message
+            What arrived on the topic: anything a client of the scheduler logged.
+        """
+        if not isinstance(message, bytes | bytearray | memoryview):
+            return None
+        data = bytes(message)
+        if len(data) <= _MAC_SIZE:
+            return None
+        expected = hmac.digest(self.secret, data[_MAC_SIZE:], hashlib.sha256)
+        if not hmac.compare_digest(expected, data[:_MAC_SIZE]):
+            return None
+        return data[_MAC_SIZE:]
 
     def __repr__(self) -> str:
         return f"DaskChannel(hub_id={self.hub_id!r}, topic={self.topic!r})"
@@ -544,8 +606,10 @@ class DaskChannel(Channel):
 
     def connect(self) -> Transport:
         """The process-local transport: this worker's ``log_event``."""
-        return _LogEventTransport(self.topic)
+        return _LogEventTransport(self)
 
+
+_MAC_SIZE = hashlib.sha256().digest_size
 
 _WORKER: weakref.ReferenceType[distributed.Worker] | None = None
 
@@ -568,12 +632,12 @@ def _current_worker() -> distributed.Worker:
 
 
 class _LogEventTransport:
-    def __init__(self, topic: str) -> None:
-        self.topic = topic
+    def __init__(self, channel: DaskChannel) -> None:
+        self.channel = channel
 
     def send_bytes(self, payload: bytes) -> None:
         try:
-            _current_worker().log_event(self.topic, payload)
+            _current_worker().log_event(self.channel.topic, self.channel.seal(payload))
         except RuntimeError as exc:  # the worker's loop is closing
             raise OSError(str(exc)) from exc
 
