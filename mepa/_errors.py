@@ -9,6 +9,9 @@ built-in exception a NumPy or ``concurrent.futures`` user would expect to catch:
     ├── ClusterSpecError (also ValueError)       a cluster address or security that cannot work
     ├── ExecutorShutdownError (also RuntimeError) submit after shutdown
     ├── SerializationError (also TypeError)      a task, argument or result cannot be pickled
+    ├── GatherTimeoutError (also TimeoutError)   gather's timeout passed; names the tasks left
+    ├── CallbackReentryError (also RuntimeError) a callback waited on its own executor
+    ├── EventChannelError (also ConnectionError) a worker could not send its task's events
     └── BrokenExecutor (also concurrent.futures.BrokenExecutor)
         └── WorkerCrashedError                   a worker process died while running a task
 
@@ -24,8 +27,11 @@ import concurrent.futures
 __all__ = [
     "AllocationError",
     "BrokenExecutor",
+    "CallbackReentryError",
     "ClusterSpecError",
+    "EventChannelError",
     "ExecutorShutdownError",
+    "GatherTimeoutError",
     "MepaError",
     "SerializationError",
     "WorkerCrashedError",
@@ -55,6 +61,28 @@ class ExecutorShutdownError(MepaError, RuntimeError):
 
 class SerializationError(MepaError, TypeError):
     """A task, one of its arguments or its result could not be pickled."""
+
+
+class GatherTimeoutError(MepaError, TimeoutError):
+    """``gather`` (or ``map``) waited ``timeout`` seconds; the message names the unfinished tasks.
+
+    The tasks go on running: gather them again, cancel the queued ones, or stop a stuck
+    process task with :meth:`~mepa.ProcessExecutor.terminate_workers`.
+    """
+
+
+class CallbackReentryError(MepaError, RuntimeError):
+    """An event callback called a method of its own executor that waits for tasks.
+
+    Callbacks run in the executor's dispatcher thread, and tasks finish only once that thread
+    has dispatched their events: waiting there for tasks would wait forever.
+    """
+
+
+class EventChannelError(MepaError, ConnectionError):
+    """A worker could not send the events its task fired to the host (closed socket, EPIPE,
+    no file descriptor left); those events are lost and the task fails with this error.
+    """
 
 
 class BrokenExecutor(MepaError, concurrent.futures.BrokenExecutor):

@@ -1083,6 +1083,16 @@ class EventHub:
                 return
         _call_logged(fn)
 
+    def in_dispatcher(self) -> bool:
+        """Whether the calling thread is this hub's dispatcher (code run by a callback).
+
+        Returns
+        -------
+        bool
+            ``True`` inside a callback of this hub.
+        """
+        return threading.current_thread() is self._dispatcher
+
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until everything queued on the hub so far has been dispatched.
 

@@ -408,6 +408,7 @@ class Executor(ABC):
         KeyboardInterrupt
             On Ctrl-C: pending tasks are cancelled first.
         """
+        self._refuse_in_callback("gather")
         leaves, spec = flatten(futures)
         pending = [f for f in leaves if isinstance(f, concurrent.futures.Future)]
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -422,6 +423,8 @@ class Executor(ABC):
         except KeyboardInterrupt:
             self._interrupt(pending)
             raise
+        except concurrent.futures.TimeoutError:
+            raise _timeout_error(pending, timeout) from None
         return unflatten(spec, results)
 
     def gather_single(
@@ -443,6 +446,21 @@ class Executor(ABC):
         with tqdm(total=len(pending), **kwargs) as bar:
             for _ in concurrent.futures.as_completed(pending, timeout=_remaining(deadline)):
                 bar.update(1)
+
+    def _refuse_in_callback(self, what: str) -> None:
+        """Raise if called from this executor's event dispatcher (a callback) to wait there."""
+        hub = self._root()._hub
+        if hub is None or not hub.in_dispatcher():
+            return
+        from .._errors import CallbackReentryError
+
+        raise CallbackReentryError(
+            f"{what}() of an executor cannot be called from one of its event callbacks: "
+            f"callbacks run in its dispatcher thread {threading.current_thread().name!r}, and "
+            "tasks finish only once that thread has dispatched their events, so waiting there "
+            f"would never end; call {what}() from another thread (e.g. have the callback put "
+            "work on a queue the main thread reads)"
+        )
 
     def _interrupt(self, pending: list[concurrent.futures.Future[Any]]) -> None:
         """Cancel what has not started; engines that can stop running work do so."""
@@ -475,6 +493,7 @@ class Executor(ABC):
         list
             One result per item, in order.
         """
+        self._refuse_in_callback("map")
         items = list(zip(*iterables, strict=False))
         return self._map_items(fn, items, chunksize, timeout, star=True)
 
@@ -483,6 +502,7 @@ class Executor(ABC):
         timeout: float | None = None,
     ) -> list[R]:
         """``[fn(*args) for args in iterable]`` in parallel, results in order."""
+        self._refuse_in_callback("starmap")
         return self._map_items(fn, list(iterable), chunksize, timeout, star=True)
 
     def map_async(
@@ -669,6 +689,8 @@ class Executor(ABC):
         wait
             Wait for running tasks (and the events they fired) before returning.
         """
+        if wait:
+            self._refuse_in_callback("shutdown")
         with self._lock:
             if self._is_shutdown:
                 return
@@ -804,6 +826,12 @@ class SubExecutor(Executor):
             worker = self._workers[0]
         return super()._submit(fn, args, kwargs, worker, chunk, hint)
 
+    def _start(
+        self, future: TaskFuture[Any], fn: Callable[..., Any], args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        self._root()._start(future, fn, args, kwargs)  # the engine's own way of starting
+
     def _engine_submit(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
         worker: Worker | None,
@@ -854,6 +882,26 @@ def _remaining(deadline: float | None) -> float | None:
     if deadline is None:
         return None
     return max(0.0, deadline - time.monotonic())
+
+
+def _timeout_error(
+    pending: list[concurrent.futures.Future[Any]], timeout: float | None
+) -> BaseException:
+    """A :class:`~mepa.GatherTimeoutError` that names the tasks still unfinished."""
+    from .._errors import GatherTimeoutError
+
+    late = [f for f in pending if not f.done()]
+    named = [
+        f"the task on {f.describe()}" if isinstance(f, TaskFuture) else repr(f) for f in late[:8]
+    ]
+    if len(late) > len(named):
+        named.append(f"and {len(late) - len(named)} more")
+    return GatherTimeoutError(
+        f"timeout={timeout!r} s passed with {len(late)} of {len(pending)} tasks unfinished: "
+        f"{'; '.join(named)}; they keep running: gather them again to wait longer, cancel() "
+        "those not started, or stop stuck process tasks with "
+        "ProcessExecutor.terminate_workers()"
+    )
 
 
 def _set_result(future: TaskFuture[Any], value: Any) -> None:

@@ -12,6 +12,7 @@ import numpy as np
 from .._allocation import Allocation
 from .._worker import Worker, make_workers, physical_cores
 from ._base import ChunkCall, ChunkHint, DistributePlan, Executor, _LocalChunk
+from ._futures import TaskFuture
 
 if TYPE_CHECKING:
     from .._shm import OutputBuffer, SegmentPool
@@ -52,22 +53,38 @@ class LinearExecutor(_InProcess):
 
     def __init__(self, n_workers: int | None = None) -> None:
         super().__init__(make_workers("linear", n_workers, physical_cores()))
+        self._interrupted = threading.local()
 
     def _engine_submit(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
         worker: Worker | None,
     ) -> concurrent.futures.Future[Any]:
+        # Every outcome settles the future, as the stdlib's pools do (SystemExit included),
+        # so that shutdown never waits for a future nobody will complete. A Ctrl-C also
+        # belongs to the caller: _start re-raises it once the user's future is settled.
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         future.set_running_or_notify_cancel()
         try:
             result = fn(*args, **kwargs)
-        except BaseException as exc:
-            if not isinstance(exc, Exception):
-                raise
+        except BaseException as exc:  # noqa: BLE001 - the future holds it; Ctrl-C re-raised
             future.set_exception(exc)
+            if isinstance(exc, KeyboardInterrupt):
+                self._interrupted.exc = exc
         else:
             future.set_result(result)
         return future
+
+    def _start(
+        self, future: TaskFuture[Any], fn: Callable[..., Any], args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        self._interrupted.exc = None
+        try:
+            super()._start(future, fn, args, kwargs)
+        finally:
+            interrupt, self._interrupted.exc = self._interrupted.exc, None
+        if interrupt is not None:
+            raise interrupt
 
     def _engine_shutdown(self, wait: bool) -> None:
         pass
