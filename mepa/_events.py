@@ -53,6 +53,7 @@ import os
 import pickle
 import shutil
 import socket
+import struct
 import tempfile
 import threading
 import time
@@ -61,7 +62,14 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from multiprocessing import AuthenticationError
-from multiprocessing.connection import Client, Connection, Listener, Pipe, wait
+from multiprocessing.connection import (
+    Client,
+    Connection,
+    Pipe,
+    answer_challenge,
+    deliver_challenge,
+    wait,
+)
 from queue import SimpleQueue
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, Protocol, TypeVar
 
@@ -387,7 +395,8 @@ class BatchSender:
         self._first = 0.0
         self._seq = 0
         self._transport: Transport | None = None
-        self._broken = False
+        self._failure: str | None = None  # why the last send failed, until a task reports it
+        self._dead = False  # the hub closed its end: nothing more to send
 
     def add(self, event: Hashable, args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> None:
         """Buffer one event (what :meth:`EventContext.fire` does, inlined).
@@ -450,7 +459,7 @@ class BatchSender:
             return (self.channel.hub_id, self.source_id, self._seq)
 
     def _send_locked(self, events: list[_Event]) -> None:
-        if self._broken:
+        if self._dead:
             return
         self._seq += 1
         payload = _encode(self.source_id, self._seq, events)
@@ -459,16 +468,59 @@ class BatchSender:
                 self._transport = self.channel.connect()
             self._transport.send_bytes(payload)
         except (OSError, EOFError, AuthenticationError) as exc:
-            # The hub is gone (closed or its process ended): nobody can receive these.
-            self._broken = True
-            logger.warning("cannot send events to hub %s: %s; dropping", self.channel.hub_id, exc)
+            # The batch is lost (no descriptor left, a broken or closed socket, the hub gone).
+            # No token may name it, or the task's future would wait for it forever: go on as
+            # a new source, and let the task that ends next fail with the reason.
+            self._failure = (
+                f"{len(events)} events for hub {self.channel.hub_id[:8]} could not be sent "
+                f"from process {os.getpid()}: {type(exc).__name__}: {exc}"
+            )
+            self._restart_locked()
+
+    def _restart_locked(self) -> None:
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            with contextlib.suppress(OSError):
+                transport.close()
+        self.source_id = uuid.uuid4().hex
+        self._seq = 0
+
+    def take_failure(self) -> str | None:
+        """Why sending failed since the last call, or ``None``; clears it.
+
+        Returns
+        -------
+        str or None
+            A description of the lost batch and the error.
+        """
+        with self._lock:
+            failure, self._failure = self._failure, None
+            return failure
+
+    def stale(self) -> bool:
+        """Whether the hub closed its end of the connection (it never sends anything else).
+
+        Returns
+        -------
+        bool
+            ``True`` once the hub stopped reading: the sender can be dropped.
+        """
+        poll = getattr(self._transport, "poll", None)
+        if poll is None:
+            return False
+        try:
+            return bool(poll())
+        except (OSError, EOFError):
+            return True
 
     def close(self) -> None:
-        """Close the transport (buffered events are dropped)."""
+        """Close the transport and drop buffered events; later events are dropped too."""
         with self._lock:
+            self._dead = True
             self.buffer.clear()
             if self._transport is not None:
-                self._transport.close()
+                with contextlib.suppress(OSError):
+                    self._transport.close()
                 self._transport = None
 
 
@@ -738,22 +790,39 @@ def run_task(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> TaskRe
     try:
         value = fn(*args, **kwargs)
     except BaseException as exc:
-        exc.__dict__[_TOKENS_ATTR] = _finish_task()
+        tokens, lost = _finish_task()
+        exc.__dict__[_TOKENS_ATTR] = tokens
+        if lost is not None:
+            _add_note(exc, str(lost))
         raise
     finally:
         _IN_TASK.reset(reset)
-    return TaskResult(value, _finish_task())
+    tokens, lost = _finish_task()
+    if lost is not None:
+        lost.__dict__[_TOKENS_ATTR] = tokens
+        raise lost
+    return TaskResult(value, tokens)
 
 
-def _finish_task() -> tuple[Token, ...]:
+def _finish_task() -> tuple[tuple[Token, ...], BaseException | None]:
+    """Flush everything; the tokens to wait for, and the error if some events were lost."""
     _flush_deferred()
     for obj in _AT_TASK_END.snapshot():
         obj.flush()
     tokens: list[Token] = []
-    for sender in list(_SENDERS.values()):
+    failures: list[str] = []
+    for key, sender in list(_SENDERS.items()):
         token = sender.flush()
         if token is not None:
             tokens.append(token)
+        failure = sender.take_failure()
+        if failure is not None:
+            failures.append(failure)
+        if sender.stale():  # its hub closed: free the socket
+            with _SENDERS_LOCK:
+                if _SENDERS.get(key) is sender:
+                    del _SENDERS[key]
+            sender.close()
     with _HUBS_LOCK:
         hubs = list(_LOCAL_HUBS.values())
     for hub in hubs:
@@ -761,7 +830,22 @@ def _finish_task() -> tuple[Token, ...]:
             token = hub._mark()
             if token is not None:
                 tokens.append(token)
-    return tuple(tokens)
+    lost: BaseException | None = None
+    if failures:
+        from ._errors import EventChannelError
+
+        lost = EventChannelError(
+            "events fired by this task (or by an earlier task of its process) are lost: "
+            f"{'; '.join(failures)}. Later tasks connect again; if this repeats, raise the "
+            "worker's open-file limit (ulimit -n) or check that the executor is still open"
+        )
+    return tuple(tokens), lost
+
+
+def _add_note(exc: BaseException, note: str) -> None:
+    add_note = getattr(exc, "add_note", None)
+    if add_note is not None:
+        add_note(note)
 
 
 def outcome_tokens(outcome: object, *, remove: bool = False) -> tuple[Token, ...]:
@@ -1303,8 +1387,17 @@ def _call_logged(fn: Callable[[], object]) -> None:
         logger.exception("%r raised", fn)
 
 
+HANDSHAKE_SECONDS = 10.0
+"""A client of the event socket that has not completed the authkey handshake by then is dropped."""
+
+
 class _UnixServer:
-    """The hub's AF_UNIX listener, its accept thread and its reader thread."""
+    """The hub's AF_UNIX listener, its accept thread and its reader thread.
+
+    The acceptor only accepts: each connection proves it knows the authkey in a thread of its
+    own, whose reads time out after :data:`HANDSHAKE_SECONDS` (``SO_RCVTIMEO``), so a local
+    client that connects and stays silent delays nobody and holds a thread only that long.
+    """
 
     def __init__(self, hub: EventHub) -> None:
         self._hub = hub
@@ -1314,22 +1407,29 @@ class _UnixServer:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = tempfile.mkdtemp(prefix="mepa-events-", dir="/tmp")
             address = os.path.join(self._dir, "hub.sock")
-        authkey = os.urandom(32)
-        self._listener = Listener(address, family="AF_UNIX", authkey=authkey)
+        self._authkey = os.urandom(32)
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._socket.bind(address)
+            self._socket.listen(128)
+        except OSError:
+            self._socket.close()
+            shutil.rmtree(self._dir, ignore_errors=True)
+            raise
         # Called by stop(), or at interpreter exit if the hub was never closed.
-        self._remove = weakref.finalize(self, _remove_listener, self._listener, self._dir)
-        self.channel = UnixSocketChannel(hub.hub_id, address, authkey)
+        self._remove = weakref.finalize(self, _remove_listener, self._socket, self._dir)
+        self.channel = UnixSocketChannel(hub.hub_id, address, self._authkey)
         self._stopping = False  # the acceptor exits
         self._draining = False  # the reader reads what is left and exits
         self._new: list[Connection] = []
         self._new_lock = threading.Lock()
         self._wake_r, self._wake_w = Pipe(duplex=False)
-        name = hub.hub_id[:8]
+        self._name = hub.hub_id[:8]
         self._acceptor = threading.Thread(
-            target=self._accept_loop, name=f"mepa-accept-{name}", daemon=True
+            target=self._accept_loop, name=f"mepa-accept-{self._name}", daemon=True
         )
         self._reader = threading.Thread(
-            target=self._read_loop, name=f"mepa-reader-{name}", daemon=True
+            target=self._read_loop, name=f"mepa-reader-{self._name}", daemon=True
         )
         self._acceptor.start()
         self._reader.start()
@@ -1341,17 +1441,46 @@ class _UnixServer:
     def _accept_loop(self) -> None:
         while True:
             try:
-                conn = self._listener.accept()
-            except (OSError, EOFError, AuthenticationError) as exc:
+                sock, _ = self._socket.accept()
+            except OSError as exc:
                 if self._stopping:
                     return
-                logger.warning("refused a connection to the event hub: %s", exc)
+                logger.warning("cannot accept a connection to the event hub: %s", exc)
+                time.sleep(0.1)  # e.g. EMFILE: do not spin
                 continue
-            with self._new_lock:  # even when stopping: the reader drains it
-                self._new.append(conn)
-            self._wake_w.send_bytes(b"")
             if self._stopping:
+                sock.close()
                 return
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(HANDSHAKE_SECONDS))
+            conn = Connection(sock.detach())
+            threading.Thread(
+                target=self._handshake, args=(conn,), name=f"mepa-handshake-{self._name}",
+                daemon=True,
+            ).start()
+
+    def _handshake(self, conn: Connection) -> None:
+        try:
+            deliver_challenge(conn, self._authkey)
+            answer_challenge(conn, self._authkey)
+            with socket.socket(fileno=conn.fileno()) as sock:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(0.0))
+                finally:
+                    sock.detach()  # the connection keeps the descriptor
+        except (OSError, EOFError, AuthenticationError) as exc:
+            conn.close()
+            if not self._stopping:
+                logger.warning("refused a connection to the event hub: %s", exc)
+            return
+        with self._new_lock:
+            accepted = not self._draining
+            if accepted:
+                self._new.append(conn)  # stop() closes it if the reader is gone by then
+        if not accepted:
+            conn.close()  # the hub stopped meanwhile
+            return
+        with contextlib.suppress(OSError):
+            self._wake_w.send_bytes(b"")
 
     def _read_loop(self) -> None:
         conns: list[Connection] = []
@@ -1392,20 +1521,29 @@ class _UnixServer:
     def stop(self, timeout: float | None) -> None:
         bounded = 5.0 if timeout is None else timeout
         self._stopping = True
-        # Wake the acceptor with a bare connection: its handshake fails at once.
+        # Wake the acceptor with a bare connection.
         with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as wake:
             wake.connect(self.channel.address)
         self._acceptor.join(bounded)
-        if self._acceptor.is_alive():  # stuck in a handshake with a silent client
-            logger.warning("event channel acceptor still busy after %s s", bounded)
         self._draining = True
-        self._wake_w.send_bytes(b"")
+        with contextlib.suppress(OSError):
+            self._wake_w.send_bytes(b"")
         self._reader.join(timeout)
+        with self._new_lock:
+            late, self._new = self._new, []
+        for conn in late:
+            conn.close()
         self._remove()
         self._wake_r.close()
         self._wake_w.close()
 
 
-def _remove_listener(listener: Listener, directory: str) -> None:
-    listener.close()  # unlinks the socket
-    shutil.rmtree(directory, ignore_errors=True)
+def _timeval(seconds: float) -> bytes:
+    """``struct timeval`` for ``SO_RCVTIMEO`` (0: no timeout)."""
+    whole = int(seconds)
+    return struct.pack("ll", whole, int((seconds - whole) * 1e6))
+
+
+def _remove_listener(listener: socket.socket, directory: str) -> None:
+    listener.close()
+    shutil.rmtree(directory, ignore_errors=True)  # and the socket file in it

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import threading
 import time
 
@@ -134,3 +135,121 @@ def test_callback_calling_its_own_executor_is_a_runtime_error(kind, call):
     assert isinstance(errors[0], RuntimeError)
     assert "dispatcher thread" in str(errors[0])
     assert call in str(errors[0])
+
+
+# ------------------------------------------------------------------ events that cannot be sent
+
+
+def fire_without_descriptors(ctx):
+    """Fire a full batch while no file descriptor is left to connect to the hub (EMFILE)."""
+    import resource
+
+    from mepa._events import FLUSH_EVENTS
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (0, hard))
+    try:
+        for i in range(FLUSH_EVENTS):  # the last one sends the batch, from inside the task
+            ctx.fire(i)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return "fired"
+
+
+def fire_n(ctx, n):
+    for i in range(n):
+        ctx.fire(i)
+    return "fired"
+
+
+def open_descriptors(_=None):
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.fixture
+def one_worker():
+    import loky
+
+    pool = loky.ProcessPoolExecutor(max_workers=1)
+    try:
+        pool.submit(os.getpid).result(timeout=60)
+        yield pool
+    finally:
+        pool.shutdown(wait=True, kill_workers=True)
+
+
+def test_events_that_cannot_be_sent_fail_the_task_and_later_tasks_deliver(hub, one_worker):
+    from mepa._events import run_task
+
+    from .events_support import settle
+
+    seen: list[int] = []
+    ctx = hub.on("e", seen.append)
+    lost = settle(hub, one_worker.submit(run_task, fire_without_descriptors, ctx))
+    with pytest.raises(mepa.EventChannelError, match=r"2048 events .* could not be sent") as info:
+        lost.result(timeout=60)
+    assert "Too many open files" in str(info.value)
+    assert isinstance(info.value, ConnectionError)
+    later = settle(hub, one_worker.submit(run_task, fire_n, ctx, 5))
+    assert later.result(timeout=60) == "fired"
+    assert seen == [0, 1, 2, 3, 4]
+
+
+def test_workers_close_the_sockets_of_closed_hubs(one_worker):
+    from mepa._events import EventHub, run_task
+
+    from .events_support import settle
+
+    before = one_worker.submit(open_descriptors).result(timeout=60)
+    for _ in range(40):
+        with EventHub() as hub:
+            seen: list[int] = []
+            ctx = hub.on("e", seen.append)
+            settle(hub, one_worker.submit(run_task, fire_n, ctx, 1)).result(60)
+            assert seen == [0]
+    # one task more to notice the last hub closed
+    settle(hub, one_worker.submit(run_task, open_descriptors)).result(60)
+    after = one_worker.submit(open_descriptors).result(timeout=60)
+    assert after - before < 5, f"the worker holds {after - before} more descriptors"
+
+
+def test_process_task_whose_events_are_lost_fails_and_the_executor_goes_on():
+    seen: list[int] = []
+    with mepa.ProcessExecutor(1) as executor:
+        ctx = executor.register(seen.append)
+        lost = executor.submit(fire_without_descriptors, ctx)
+        with pytest.raises(mepa.EventChannelError, match="could not be sent"):
+            executor.gather(lost, timeout=60)
+        assert executor.gather(executor.submit(fire_n, ctx, 2), timeout=60)
+    assert seen == [0, 1]
+
+
+# ------------------------------------------------------------------ the event socket
+
+
+def test_a_silent_local_client_does_not_block_the_event_socket(hub):
+    import socket
+
+    seen: list[str] = []
+    hub.on("e", seen.append)
+    channel = hub.process_channel()
+    silent = socket.socket(socket.AF_UNIX)
+    try:
+        silent.connect(channel.address)  # connects, never answers the challenge
+        sender = type(channel.sender())(channel)  # a second process's sender, in effect
+        sender.add("e", ("after the silent one",), None)
+
+        def send():
+            token = sender.flush()
+            assert token is not None
+            done = threading.Event()
+            hub.after([token], done.set)
+            assert done.wait(30)
+
+        returned, error = returns_within(send, 30)
+        assert returned
+        assert error is None
+        assert seen == ["after the silent one"]
+        sender.close()
+    finally:
+        silent.close()
