@@ -51,10 +51,8 @@ import itertools
 import logging
 import os
 import pickle
-import shutil
 import socket
 import struct
-import tempfile
 import threading
 import time
 import uuid
@@ -75,6 +73,8 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, Protocol,
 
 if TYPE_CHECKING:
     from typing_extensions import Self
+
+    from ._rundir import RunDir
 
 __all__ = [
     "FLUSH_EVENTS",
@@ -1401,12 +1401,12 @@ class _UnixServer:
 
     def __init__(self, hub: EventHub) -> None:
         self._hub = hub
-        self._dir = tempfile.mkdtemp(prefix="mepa-events-")  # mode 0700
+        from ._rundir import RunDir
+
+        # Mode 0700, removed at stop() or exit, or by the next mepa host if this one is killed.
+        rundir = RunDir("events", short=True)
+        self._dir = rundir.path
         address = os.path.join(self._dir, "hub.sock")
-        if len(address) > 100:  # AF_UNIX paths are limited to ~108 bytes
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = tempfile.mkdtemp(prefix="mepa-events-", dir="/tmp")
-            address = os.path.join(self._dir, "hub.sock")
         self._authkey = os.urandom(32)
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -1414,10 +1414,10 @@ class _UnixServer:
             self._socket.listen(128)
         except OSError:
             self._socket.close()
-            shutil.rmtree(self._dir, ignore_errors=True)
+            rundir.close()
             raise
         # Called by stop(), or at interpreter exit if the hub was never closed.
-        self._remove = weakref.finalize(self, _remove_listener, self._socket, self._dir)
+        self._remove = weakref.finalize(self, _remove_listener, self._socket, rundir)
         self.channel = UnixSocketChannel(hub.hub_id, address, self._authkey)
         self._stopping = False  # the acceptor exits
         self._draining = False  # the reader reads what is left and exits
@@ -1544,6 +1544,6 @@ def _timeval(seconds: float) -> bytes:
     return struct.pack("ll", whole, int((seconds - whole) * 1e6))
 
 
-def _remove_listener(listener: socket.socket, directory: str) -> None:
+def _remove_listener(listener: socket.socket, rundir: RunDir) -> None:
     listener.close()
-    shutil.rmtree(directory, ignore_errors=True)  # and the socket file in it
+    rundir.close()  # and the socket file in it

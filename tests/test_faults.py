@@ -253,3 +253,87 @@ def test_a_silent_local_client_does_not_block_the_event_socket(hub):
         sender.close()
     finally:
         silent.close()
+
+
+# ------------------------------------------------------------------ isolation between executors
+
+
+def exit_on_chunk_one(chunk):
+    if chunk[0] != 0:
+        os._exit(7)
+    time.sleep(3.0)  # still running when the other worker dies
+    return chunk
+
+
+def change_process_state(_):
+    import resource
+
+    os.environ["MEPA_TEST_LEAK"] = "changed"
+    os.chdir("/")
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (8 << 30, hard))
+    return os.getpid()
+
+
+def process_state(_):
+    import resource
+
+    return (
+        os.environ.get("MEPA_TEST_LEAK"),
+        os.getcwd(),
+        resource.getrlimit(resource.RLIMIT_AS)[0],
+        os.getpid(),
+    )
+
+
+def test_a_crash_names_the_chunk_that_was_running_in_the_dead_worker():
+    with mepa.ProcessExecutor(2) as executor:
+        futures = executor.distribute(exit_on_chunk_one, executor.arrange(np.arange(10)))
+        with pytest.raises(mepa.WorkerCrashedError) as info:
+            executor.gather(futures, timeout=60)
+        # chunk 0 comes first in gather's order: it names chunk 1 as the one that died
+        assert info.value.chunk == 1
+        assert info.value.exitcode == 7
+        assert "chunk 1" in str(info.value)
+        culprit = futures[1].exception(timeout=60)
+        assert isinstance(culprit, mepa.WorkerCrashedError)
+        assert culprit.chunk == 1
+        assert "died while running the task on worker 'process-1', chunk 1" in str(culprit)
+        assert executor.submit_and_gather(pow, 2, 3) == 8
+
+
+def test_a_crash_in_one_executor_does_not_fail_another_executors_tasks():
+    with mepa.ProcessExecutor(2) as first, mepa.ProcessExecutor(2) as second:
+        assert second.submit_and_gather(pow, 2, 2) == 4  # both pools alive
+        innocent = second.submit(sleep_for, 2.0)
+        crashing = first.submit(os._exit, 7)
+        with pytest.raises(mepa.WorkerCrashedError):
+            first.gather(crashing, timeout=60)
+        assert second.gather(innocent, timeout=60) == 2.0
+
+
+def test_process_state_a_task_changes_stays_in_its_executor():
+    clean = process_state(None)
+    with mepa.ProcessExecutor(2) as first:
+        first.map(change_process_state, range(4), chunksize=1)
+    with mepa.ProcessExecutor(2) as second:
+        states = second.map(process_state, range(4), chunksize=1)
+    for env, cwd, limit, _ in states:
+        assert (env, cwd, limit) == clean[:3]
+
+
+def test_a_stuck_task_blocks_neither_a_new_executor_nor_its_own_termination():
+    stuck_executor = mepa.ProcessExecutor(2)
+    stuck = stuck_executor.submit(sleep_for, 600)
+    time.sleep(0.5)
+    shutting = threading.Thread(target=stuck_executor.shutdown, daemon=True)
+    shutting.start()
+    with mepa.ProcessExecutor(2) as fresh:
+        assert fresh.map(pow, [2, 3], [2, 2], timeout=60) == [4, 9]
+    with pytest.raises(mepa.GatherTimeoutError, match="1 of 1 tasks unfinished"):
+        stuck_executor.gather(stuck, timeout=0.2)
+    stuck_executor.terminate_workers()
+    with pytest.raises(mepa.WorkerCrashedError, match="terminate_workers"):
+        stuck_executor.gather(stuck, timeout=60)
+    shutting.join(60)
+    assert not shutting.is_alive()

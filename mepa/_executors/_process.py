@@ -25,6 +25,9 @@ Tasks are pickled with cloudpickle, so lambdas and closures defined in ``__main_
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import itertools
+import os
 import re
 import threading
 import uuid
@@ -38,6 +41,7 @@ from .._allocation import Allocation, ChunkSelection, PlacedRows
 from .._errors import SerializationError, WorkerCrashedError
 from .._heap import run_kept, worker_env
 from .._payload import REGION_HELD, SharedResult, dumps_shared, loads_result, run_payload
+from .._rundir import RunDir
 from .._shm import (
     DEFAULT_THRESHOLD,
     Lease,
@@ -57,7 +61,7 @@ _IDLE_TIMEOUT = 60.0
 
 
 class ProcessExecutor(Executor):
-    """Runs tasks in loky worker processes, reused between executors.
+    """Runs tasks in loky worker processes of its own.
 
     Parameters
     ----------
@@ -74,19 +78,18 @@ class ProcessExecutor(Executor):
         A worker keeps at most 512 MiB free (an eighth of the machine's memory per worker, if
         less), and returns what it holds when a task leaves more than that and after
         10 seconds without work. ``False`` keeps the allocator's defaults.
-        Executors with different settings use separate worker pools.
 
     Notes
     -----
-    mepa keeps one loky pool per interpreter and reuses it between executors of the same
-    size, so a new ``ProcessExecutor`` starts its first task without spawning processes when
-    such a pool is alive. :meth:`shutdown` waits for this executor's tasks; idle worker
-    processes exit after a minute, or at once with ``shutdown(wait=False)`` or
-    :func:`mepa.shutdown_worker_pools`.
+    Each executor has its own loky worker processes, started with its first task and
+    stopped by :meth:`shutdown`: executors never fail each other's tasks, and process state
+    a task changes (environment, working directory, resource limits) stays in the executor.
+    Idle workers exit after a minute and come back on demand.
 
     A worker that dies (a crash, ``os._exit``, the out-of-memory killer) fails the tasks
-    it took down with :class:`~mepa.WorkerCrashedError`; the next call starts fresh
-    workers.
+    it took down with :class:`~mepa.WorkerCrashedError`, which names the task that was
+    running in the dead worker; the next call starts fresh workers. A task that never
+    returns is ended by :meth:`terminate_workers`.
 
     In a ``distribute`` over a shuffled allocation, each worker also writes its result's rows
     back to their original positions, so that ``reassemble`` copies nothing; the results
@@ -118,6 +121,11 @@ class ProcessExecutor(Executor):
         self._engine_lock = threading.Lock()
         self._engine: Any = None
         self._segments: SegmentPool | None = None
+        self._tracker: RunDir | None = None
+        self._numbers = itertools.count(1)
+        self._inflight: dict[int, TaskFuture[Any]] = {}  # by task number, until settled
+        self._number_of: dict[int, int] = {}  # id(future) -> its task number
+        self._terminated: set[int] = set()  # tasks running when terminate_workers() was called
 
     # -- shared memory
 
@@ -160,8 +168,9 @@ class ProcessExecutor(Executor):
     ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
         from .._events import run_task
 
+        tracker = self._number_task(future)
         if self._threshold is None:
-            return run_kept, (run_task, fn, *args), kwargs
+            return _run_tracked, (tracker, run_kept, run_task, fn, *args), kwargs
         hint: _ChunkHint | None = future._hint
         slot: SegmentRef | None = None
         output: OutputBuffer | None = None
@@ -171,7 +180,18 @@ class ProcessExecutor(Executor):
         pool = self._pool()
         payload, leases = dumps_shared((fn, args, kwargs), pool, self._threshold)
         future._transport = (leases, output)
-        return run_kept, (run_task, run_payload, payload, pool.prefix, self._threshold, slot), {}
+        call = (run_kept, run_task, run_payload, payload, pool.prefix, self._threshold, slot)
+        return _run_tracked, (tracker, *call), {}
+
+    def _number_task(self, future: TaskFuture[Any]) -> tuple[str, int]:
+        """Number the task; its worker records the number while it runs (see _run_tracked)."""
+        with self._engine_lock:
+            if self._tracker is None:
+                self._tracker = RunDir("tasks")
+            number = next(self._numbers)
+            self._inflight[number] = future
+            self._number_of[id(future)] = number
+            return self._tracker.path, number
 
     def _decode_result(self, future: TaskFuture[Any], value: Any) -> Any:
         transport = future._transport
@@ -189,6 +209,10 @@ class ProcessExecutor(Executor):
             segments.retire(output.name)
 
     def _task_finished(self, future: TaskFuture[Any]) -> None:
+        with self._engine_lock:
+            number = self._number_of.pop(id(future), None)
+            if number is not None:
+                self._inflight.pop(number, None)
         transport, future._transport = future._transport, None
         if transport is not None:
             leases, _ = transport
@@ -216,8 +240,7 @@ class ProcessExecutor(Executor):
         with self._engine_lock:
             engine = self._engine
             if engine is None or _is_broken(engine):
-                engine = _POOLS.acquire(self, len(self.workers), self._keep_heap)
-                self._engine = engine
+                engine = self._engine = _new_pool(len(self.workers), self._keep_heap)
             return engine
 
     def _engine_submit(
@@ -230,16 +253,35 @@ class ProcessExecutor(Executor):
         with self._engine_lock:
             engine, self._engine = self._engine, None
             segments, self._segments = self._segments, None
-        _POOLS.release(self, engine, kill=not wait)
+            tracker, self._tracker = self._tracker, None
+        if engine is not None:
+            engine.shutdown(wait=wait, kill_workers=not wait)
         if segments is not None:
             segments.close()
+        if tracker is not None:
+            tracker.close()
+
+    def terminate_workers(self) -> None:
+        """Stop this executor's worker processes now, with the tasks they run.
+
+        The way to end a task that never returns (``future.cancel()`` cannot stop a running
+        task). Its future, and those of the other tasks running or queued at that moment,
+        fail with :class:`~mepa.WorkerCrashedError`; the executor stays open and starts
+        fresh workers for the next task. Other executors are not affected: each has its own
+        worker processes.
+        """
+        with self._engine_lock:
+            engine, self._engine = self._engine, None
+            self._terminated.update(self._inflight)
+        if engine is not None:
+            engine.shutdown(wait=False, kill_workers=True)
 
     def _interrupt(self, pending: list[concurrent.futures.Future[Any]]) -> None:
         super()._interrupt(pending)
         with self._engine_lock:
             engine, self._engine = self._engine, None
         if engine is not None:
-            _POOLS.discard(engine)
+            engine.shutdown(wait=False, kill_workers=True)
 
     def _make_hub(self) -> Any:
         hub = super()._make_hub()
@@ -249,18 +291,18 @@ class ProcessExecutor(Executor):
     def _translate_error(self, exc: BaseException, future: TaskFuture[Any]) -> BaseException:
         from loky.process_executor import TerminatedWorkerError
 
-        if isinstance(exc, TerminatedWorkerError):
-            codes = re.search(r"exit codes of the workers are \{(.*?)\}", str(exc))
-            exitcode = _first_exit_code(codes.group(1)) if codes else None
-            what = f" (exit codes: {codes.group(1)})" if codes else ""
+        number = self._number_of.get(id(future))
+        if number is not None and number in self._terminated:
+            self._terminated.discard(number)
             crash = WorkerCrashedError(
-                f"a worker process died while running the task on {future.describe()}{what}; "
-                "it may have crashed, called os._exit, or been killed for using too much "
-                "memory. The executor starts fresh workers on the next call.",
-                exitcode=exitcode,
+                f"the task on {future.describe()} was stopped by terminate_workers(), with the "
+                "worker process running it",
                 chunk=future.chunk,
             )
             crash.__cause__ = exc
+            return crash
+        if isinstance(exc, TerminatedWorkerError):
+            crash = self._crash_error(exc, future, number)
             segments = self._segments
             if segments is not None:
                 segments.cleanup_leftovers()
@@ -278,89 +320,109 @@ class ProcessExecutor(Executor):
         return exc
 
 
-class _PoolCache:
-    """One loky pool per interpreter, shared by the process executors that fit it.
+    def _crash_error(
+        self, exc: BaseException, future: TaskFuture[Any], number: int | None
+    ) -> WorkerCrashedError:
+        """The error of a task lost with a dead worker: which task that worker was running."""
+        codes = re.search(r"exit codes of the workers are \{(.*?)\}", str(exc))
+        exitcode = _first_exit_code(codes.group(1)) if codes else None
+        what = f" (exit codes: {codes.group(1)})" if codes else ""
+        # Every pending task gets loky's one exception object: find the culprits once, while
+        # the other workers still live (loky kills them after failing the futures).
+        culprits: list[tuple[int, str, int | None]] | None = exc.__dict__.get(_CULPRITS)
+        if culprits is None:
+            culprits = []
+            with self._engine_lock:
+                tracker = self._tracker
+                for dead in _dead_workers_tasks(tracker.path if tracker else None):
+                    victim = self._inflight.get(dead)
+                    if victim is not None:
+                        culprits.append((dead, victim.describe(), victim.chunk))
+            exc.__dict__[_CULPRITS] = culprits
+        if not culprits or any(n == number for n, _, _ in culprits):
+            crash = WorkerCrashedError(
+                f"a worker process died while running the task on {future.describe()}{what}; "
+                "it may have crashed, called os._exit, or been killed for using too much "
+                "memory. The executor starts fresh workers on the next call.",
+                exitcode=exitcode,
+                chunk=future.chunk,
+            )
+        else:
+            ran = "; ".join(f"the task on {where}" for _, where, _ in culprits)
+            crash = WorkerCrashedError(
+                f"the task on {future.describe()} was lost: a worker process of this executor "
+                f"died{what} while running {ran}, and the executor's pool went down with it. "
+                "Submit the task again: the executor starts fresh workers on the next call.",
+                exitcode=exitcode,
+                chunk=culprits[0][2],
+            )
+        crash.__cause__ = exc
+        return crash
 
-    Starting worker processes (and importing NumPy in them) takes a good fraction of a
-    second, so a pool outlives the executors that used it; its workers exit after
-    ``_IDLE_TIMEOUT`` seconds without work and come back on demand. An executor that needs
-    another worker count while the shared pool is in use by others gets a pool of its own.
-    Unlike ``loky.get_reusable_executor``, the pool is shared by every thread of the host.
+
+_CULPRITS = "__mepa_culprits__"
+
+
+def _run_tracked(
+    tracker: tuple[str, int], fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+) -> Any:
+    """In a worker: note which task this process runs (``<directory>/<pid>``), then run it.
+
+    If the process dies, the host reads the note to name the task that was running in it.
     """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._shared: Any = None
-        self._size: tuple[int, tuple[tuple[str, str], ...]] = (0, ())
-        self._users: set[int] = set()
-        self._private: dict[int, Any] = {}
-
-    def acquire(self, user: object, n_workers: int, keep_heap: bool = True) -> Any:
-        import loky
-
-        env = tuple(sorted(worker_env(n_workers).items())) if keep_heap else ()
-        with self._lock:
-            if self._shared is not None and _is_broken(self._shared):
-                self._shared = None
-            if self._shared is not None and self._size == (n_workers, env):
-                self._users.add(id(user))
-                return self._shared
-            if self._shared is None or not (self._users - {id(user)}):
-                if self._shared is not None:
-                    self._shared.shutdown(wait=False, kill_workers=True)
-                self._shared = _new_pool(loky, n_workers, env)
-                self._size = (n_workers, env)
-                self._users = {id(user)}
-                return self._shared
-            pool = _new_pool(loky, n_workers, env)
-            self._private[id(user)] = pool
-            return pool
-
-    def release(self, user: object, engine: Any, kill: bool) -> None:
-        with self._lock:
-            self._users.discard(id(user))
-            private = self._private.pop(id(user), None)
-            if kill and engine is not None and engine is self._shared:
-                self._shared = None
-        if private is not None:
-            private.shutdown(wait=not kill, kill_workers=kill)
-        elif kill and engine is not None:
-            engine.shutdown(wait=False, kill_workers=True)
-
-    def discard(self, engine: Any) -> None:
-        """Stop ``engine``'s workers now (Ctrl-C); the next call starts fresh ones."""
-        with self._lock:
-            if engine is self._shared:
-                self._shared = None
-            for key, pool in list(self._private.items()):
-                if pool is engine:
-                    del self._private[key]
-        engine.shutdown(wait=False, kill_workers=True)
-
-    def shutdown(self) -> None:
-        """Stop every pool and its workers (used by tests and at exit)."""
-        with self._lock:
-            pools = [self._shared, *self._private.values()]
-            self._shared = None
-            self._users.clear()
-            self._private.clear()
-        for pool in pools:
-            if pool is not None:
-                pool.shutdown(wait=True, kill_workers=True)
+    directory, number = tracker
+    with contextlib.suppress(OSError):
+        path = os.path.join(directory, str(os.getpid()))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, str(number).encode())
+        finally:
+            os.close(fd)
+    return fn(*args, **kwargs)
 
 
-def _new_pool(loky: Any, n_workers: int, env: tuple[tuple[str, str], ...]) -> Any:
-    return loky.ProcessPoolExecutor(
-        max_workers=n_workers, timeout=_IDLE_TIMEOUT, env=dict(env) or None
-    )
+def _dead_workers_tasks(directory: str | None) -> list[int]:
+    """The numbers of the tasks last started by worker processes that no longer exist."""
+    if directory is None:
+        return []
+    numbers = []
+    for name in os.listdir(directory):
+        if not name.isdigit():
+            continue
+        try:
+            os.kill(int(name), 0)
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue
+        else:
+            continue
+        with contextlib.suppress(OSError, ValueError), open(os.path.join(directory, name)) as f:
+            numbers.append(int(f.read()))
+    return numbers
 
 
-_POOLS = _PoolCache()
+def _new_pool(n_workers: int, keep_heap: bool) -> Any:
+    import loky
+
+    env = worker_env(n_workers) if keep_heap else {}
+    pool = loky.ProcessPoolExecutor(max_workers=n_workers, timeout=_IDLE_TIMEOUT, env=env or None)
+    _LIVE_POOLS.add(pool)
+    return pool
+
+
+# Every pool still running, for shutdown_worker_pools().
+_LIVE_POOLS: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def shutdown_worker_pools() -> None:
-    """Stop the worker processes kept for reuse between process executors."""
-    _POOLS.shutdown()
+    """Stop the worker processes of every process executor of this interpreter, now.
+
+    Their running tasks fail with :class:`~mepa.WorkerCrashedError`. Each executor starts
+    fresh workers for its next task.
+    """
+    for pool in list(_LIVE_POOLS):
+        pool.shutdown(wait=True, kill_workers=True)
 
 
 def _is_broken(engine: Any) -> bool:
