@@ -270,7 +270,7 @@ def change_process_state(_):
 
     os.environ["MEPA_TEST_LEAK"] = "changed"
     os.chdir("/")
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
     resource.setrlimit(resource.RLIMIT_AS, (8 << 30, hard))
     return os.getpid()
 
