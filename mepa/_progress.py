@@ -132,6 +132,7 @@ class Progress:
         self._add = _adder(self._tally)
         self._scheduled = False
         self._own_holds = 0  # registrations made through this object inside tasks
+        self._released = False  # a close() in a task released this object's last registration
         _flush_at_task_end(self)
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -167,6 +168,54 @@ class Progress:
         """Whether the bar has been closed (host only)."""
         self.bar  # noqa: B018 - host-only check
         return self._finished
+
+    @property
+    def disable(self) -> bool:
+        """Whether this object is done reporting (a name kept from the original API).
+
+        On the host: the bar has closed (:attr:`finished`). In a task of another process:
+        this copy's ``close()`` released the last registration it made there (a new
+        ``register`` clears it). Code written for the original restarts a bar when this is
+        true.
+        """
+        if self._bar is not None:
+            return self._finished
+        return self._released
+
+    @property
+    def progress(self) -> Any:
+        """The :class:`tqdm.tqdm` bar on the host, ``None`` in a task of another process.
+
+        The original API's name for :attr:`bar`.
+        """
+        return self._bar
+
+    def enable_local_lock(self, enable: bool) -> None:
+        """Accepted for the original API; does nothing.
+
+        The original locked a bar shared by threads only when asked; every method of this
+        class is thread-safe whatever ``enable`` is.
+
+        Parameters
+        ----------
+        enable
+            Ignored.
+        """
+        if not isinstance(enable, bool):
+            raise TypeError(f"enable must be a bool, got {type(enable).__name__}: {enable!r}")
+
+    def distribute(self) -> Progress:
+        """The object to hand to tasks: the bar itself (a name kept from the original API).
+
+        A :class:`Progress` pickles into a proxy that sends to this bar, so passing it to a
+        task (or capturing it in one) is all there is to do.
+
+        Returns
+        -------
+        Progress
+            ``self``.
+        """
+        return self
 
     def _on_host(self) -> bool:
         return self._bar is not None and not _IN_TASK.get()
@@ -211,6 +260,7 @@ class Progress:
         with self._send_lock:
             self._send_pending()
             self._own_holds += 1
+            self._released = False
             self._ctx.fire(_REGISTER, n)
 
     def close(self) -> None:
@@ -228,6 +278,7 @@ class Progress:
             if self._own_holds == 0:
                 return
             self._own_holds -= 1
+            self._released = self._own_holds == 0
             self._ctx.fire(_CLOSE, 0)
 
     def flush(self) -> None:

@@ -177,6 +177,14 @@ class Executor(ABC):
         """Whether tasks see the host's memory (an array a task writes to is the host's)."""
         return False
 
+    def needs_serialization(self) -> bool:
+        """Whether arguments and results are pickled on their way to and from the tasks.
+
+        ``not shares_memory()``: ``False`` for the linear and thread executors, ``True`` for
+        processes and Dask. Code that ships big objects can compress them only when this is true.
+        """
+        return not self.shares_memory()
+
     def create_shared_array(self, shape: int | tuple[int, ...], dtype: Any = float) -> Any:
         """An uninitialised array that tasks can write into, in place.
 
