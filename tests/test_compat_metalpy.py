@@ -508,8 +508,12 @@ def test_progress_registered_only_by_tasks_closes_when_they_finish(
             bar.update(1)
         bar.close()
 
-    threads.gather([threads.submit(task, n) for n in (3, 4)])
-    assert _wait_for(lambda: bar.finished)
+    first = threads.submit(task, 3)
+    first.result()  # its registration is closed, and no other task is running
+    assert not bar.finished  # the original closed here, and lost what the next task reported
+    second = threads.submit(task, 4)
+    threads.gather([first, second])
+    assert bar.finished
     assert (bar.n, bar.total) == (7, 7)
     assert bar.disable
 
@@ -545,7 +549,7 @@ def test_progress_iters_in_a_linear_task() -> None:
         alloc = executor.arrange(np.arange(10))
         result = executor.gather(executor.distribute(lambda c: list(bar.iters(c)), alloc))
         assert sum(len(r) for r in result) == 10
-        assert _wait_for(lambda: bar.finished)
+        assert bar.finished
         assert bar.n == 10
 
 

@@ -25,7 +25,7 @@ if importlib.util.find_spec("metalpy") is None:
         allow_module_level=True,
     )
 
-from mepa.compat import metalpy as compat  # noqa: E402
+from mepa.compat import metalpy as compat
 
 compat.install()  # before any other metalpy module imports metalpy.mepa
 

@@ -355,17 +355,20 @@ class ParallelProgress(Progress):
             self._seen_register = True
         super()._apply(kind, n, hold=hold)
 
-    def _finish_if_done(self) -> None:
-        # Called with self._lock held. A bar held by tasks only waits for them to finish.
-        if self._task_held and not self._host_holds and not self._holds and not self._finished:
+    def _finish_if_done(self, *, gathered: bool = False) -> None:
+        # Called with self._lock held. A bar held by tasks only closes at the end of a gather
+        # (``gathered``): a task submitted later may not have registered yet when the others'
+        # registrations close.
+        if self._task_held and not self._host_holds and not self._finished:
             busy = getattr(self.executor, "_compat_busy", None)
-            if not self._seen_register or (busy is not None and busy()):
+            if not gathered or not self._seen_register or (busy is not None and busy()):
                 return
         super()._finish_if_done()
 
     def _check_done(self) -> None:
+        """Close the bar if no task holds it and none is running (a ``gather`` returned)."""
         with self._lock:
-            self._finish_if_done()
+            self._finish_if_done(gathered=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -835,6 +838,14 @@ class _OriginalCalls:
         """Sum of the workers' weights."""
         return builtins.sum(w.weight for w in self.get_workers())
 
+    def _watch_bar(self, bar: ParallelProgress) -> None:
+        """Close ``bar`` (held by tasks only) at the end of a gather that leaves it unheld."""
+        self.__dict__.setdefault("_compat_bars", weakref.WeakSet()).add(bar)
+
+    def _close_idle_bars(self) -> None:
+        for bar in list(self.__dict__.get("_compat_bars", ())):
+            bar._check_done()
+
     def _pick(self, workers: Any) -> _MepaWorker | None:
         """The worker a task pinned to ``workers`` runs on (round robin among several)."""
         if workers is None:
@@ -932,13 +943,19 @@ class Executor(_OriginalCalls, abc.ABC):
 
     def gather(self, futures: Any) -> Any:
         """Results of a future, or of lists and dicts of futures, in the same structure."""
-        with self.monitor_events():
-            return self._gather(futures)
+        try:
+            with self.monitor_events():
+                return self._gather(futures)
+        finally:
+            self._close_idle_bars()
 
     def gather_single(self, future: Any) -> Any:
         """The result of one future."""
-        with self.monitor_events():
-            return self._gather_single(future)
+        try:
+            with self.monitor_events():
+                return self._gather_single(future)
+        finally:
+            self._close_idle_bars()
 
     def _gather(self, futures: Any) -> Any:
         return structured_traverse(futures, self._gather_single)
@@ -1150,10 +1167,6 @@ class _OnMepa(_OriginalCalls):
             tasks = list(self.__dict__.get("_compat_tasks", ()))
         return any(not f.done() for f in tasks)
 
-    def _watch_bar(self: Any, bar: ParallelProgress) -> None:
-        with self._lock:
-            self.__dict__.setdefault("_compat_bars", weakref.WeakSet()).add(bar)
-
     def gather(
         self: Any, futures: Any, *, timeout: float | None = None, progress: Any = False
     ) -> Any:
@@ -1167,10 +1180,7 @@ class _OnMepa(_OriginalCalls):
                 self, futures, timeout=timeout, progress=progress
             )
         finally:
-            with self._lock:
-                bars = list(self.__dict__.get("_compat_bars", ()))
-            for bar in bars:
-                bar._check_done()
+            self._close_idle_bars()
 
     def get_workers(self: Any) -> list[Worker]:
         """The workers, as a list (as the original returned them)."""
