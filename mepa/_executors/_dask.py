@@ -49,6 +49,7 @@ import numpy as np
 from .._dask_shipping import LocalModules, Slot, dumps_shipped, run_shipped
 from .._errors import ClusterSpecError, SerializationError, WorkerCrashedError, WorkerSpecError
 from .._events import Channel, EventHub, Transport
+from .._threads import thread_env
 from .._tree import iter_leaves, tree_map
 from .._worker import Worker, physical_cores
 from ._base import DistributePlan, Executor
@@ -84,7 +85,10 @@ class DaskExecutor(Executor):
         dashboard, owned and closed by the executor.
     n_workers, threads_per_worker
         Size of the embedded cluster (default: one single-thread worker per physical core).
-        Only with ``address=None``.
+        Only with ``address=None``. Its workers get one OpenMP, BLAS, numexpr and numba thread
+        per worker thread (``NUMBA_NUM_THREADS=1`` and the like, see
+        :class:`~mepa.ProcessExecutor`'s ``inner_threads``); for workers started by hand, set
+        them in ``distributed.nanny.pre-spawn-environ``.
     security
         A :class:`distributed.security.Security` for TLS, e.g. ``Security.temporary()`` for an
         embedded cluster, or one built from certificate files for a ``tls://`` scheduler.
@@ -670,6 +674,7 @@ def _start_local_cluster(
         security=security,
         protocol=protocol,
         silence_logs=logging.ERROR,
+        env=thread_env(1),  # one OpenMP/BLAS/numba thread per worker thread, as on processes
     )
     return cluster
 

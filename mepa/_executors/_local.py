@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._allocation import Allocation
+from .._threads import check_inner_threads, run_limited
 from .._worker import Worker, make_workers, physical_cores
 from ._base import ChunkCall, ChunkHint, DistributePlan, Executor, _LocalChunk
 from ._futures import TaskFuture
@@ -100,10 +101,28 @@ class ThreadExecutor(_InProcess):
     ----------
     n_workers
         Number of threads; ``None`` means one per physical core.
+    inner_threads
+        Threads a numba ``parallel=True`` function called from a task may use: each pool thread
+        sets ``numba.set_num_threads(inner_threads)`` (numba's count is per thread) once numba
+        is imported. 1 by default, so that ``n`` pool threads use ``n`` cores; ``None`` leaves
+        numba's default (every core). ``NUMBA_NUM_THREADS`` in the environment, if set, wins.
+
+    Notes
+    -----
+    Threads scale when the task spends its time in code that releases the GIL: NumPy on large
+    arrays (each call on at least some 100,000 elements), numba functions compiled with
+    ``nogil=True``, SciPy, most of the C and Fortran libraries. A task that makes many NumPy
+    calls on small arrays, or runs Python loops, holds the GIL most of the time: its threads
+    take turns and run no faster than one; use a :class:`~mepa.ProcessExecutor` for it.
+
+    The BLAS and OpenMP thread pools are per process, not per thread, so they are not limited
+    here: a task calling large matrix products on every thread may want
+    ``threadpoolctl.threadpool_limits(1)`` around the parallel part.
     """
 
-    def __init__(self, n_workers: int | None = None) -> None:
+    def __init__(self, n_workers: int | None = None, *, inner_threads: int | None = 1) -> None:
         super().__init__(make_workers("thread", n_workers, physical_cores()))
+        self._inner_threads = check_inner_threads(inner_threads)
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=len(self.workers), thread_name_prefix="mepa-thread"
         )
@@ -114,7 +133,7 @@ class ThreadExecutor(_InProcess):
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
         worker: Worker | None,
     ) -> concurrent.futures.Future[Any]:
-        return self._pool.submit(fn, *args, **kwargs)
+        return self._pool.submit(run_limited, self._inner_threads, fn, *args, **kwargs)
 
     def _engine_shutdown(self, wait: bool) -> None:
         self._pool.shutdown(wait=wait, cancel_futures=not wait)

@@ -51,6 +51,7 @@ from .._shm import (
     SharedArray,
     open_region,
 )
+from .._threads import check_inner_threads, thread_env
 from .._worker import Worker, make_workers, physical_cores
 from ._base import ChunkCall, ChunkHint, DistributePlan, Executor, LazyChunk
 from ._futures import TaskFuture
@@ -78,6 +79,11 @@ class ProcessExecutor(Executor):
         A worker keeps at most 512 MiB free (an eighth of the machine's memory per worker, if
         less), and returns what it holds when a task leaves more than that and after
         10 seconds without work. ``False`` keeps the allocator's defaults.
+    inner_threads
+        Threads that OpenMP, the BLAS libraries, numexpr and numba may each start inside a
+        worker (their ``*_NUM_THREADS`` variables in the workers' environment): 1 by default,
+        so that ``n`` workers use ``n`` cores, not ``n`` times the cores. A variable set in the
+        host's environment is passed on unchanged. ``None`` leaves the libraries' defaults.
 
     Notes
     -----
@@ -103,8 +109,10 @@ class ProcessExecutor(Executor):
         *,
         shared_memory_threshold: int | None = DEFAULT_THRESHOLD,
         keep_worker_heap: bool = True,
+        inner_threads: int | None = 1,
     ) -> None:
         super().__init__(make_workers("process", n_workers, physical_cores()))
+        self._inner_threads = check_inner_threads(inner_threads)
         if shared_memory_threshold is not None and (
             isinstance(shared_memory_threshold, bool)
             or not isinstance(shared_memory_threshold, int)
@@ -240,7 +248,9 @@ class ProcessExecutor(Executor):
         with self._engine_lock:
             engine = self._engine
             if engine is None or _is_broken(engine):
-                engine = self._engine = _new_pool(len(self.workers), self._keep_heap)
+                engine = self._engine = _new_pool(
+                    len(self.workers), self._keep_heap, self._inner_threads
+                )
             return engine
 
     def _engine_submit(
@@ -402,10 +412,11 @@ def _dead_workers_tasks(directory: str | None) -> list[int]:
     return numbers
 
 
-def _new_pool(n_workers: int, keep_heap: bool) -> Any:
+def _new_pool(n_workers: int, keep_heap: bool, inner_threads: int | None = 1) -> Any:
     import loky
 
     env = worker_env(n_workers) if keep_heap else {}
+    env.update(thread_env(inner_threads))
     pool = loky.ProcessPoolExecutor(max_workers=n_workers, timeout=_IDLE_TIMEOUT, env=env or None)
     _LIVE_POOLS.add(pool)
     return pool
