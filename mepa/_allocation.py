@@ -76,6 +76,9 @@ _ROWS_PER_BLOCK_ROW = 4096
 _ORDER_CACHE_SIZE = 32
 # Above this many output bytes, reassemble writes the chunks from a thread pool (NumPy releases
 # the GIL while copying).
+# The fix named when a result does not have its chunk's rows (map_array words its own).
+ANY_LENGTH_ADVICE = "pass reverse_shuffle=False to concatenate results of any length"
+
 _PARALLEL_BYTES = 32 * 2**20
 
 
@@ -844,8 +847,7 @@ class Allocation:
                 got = "a 0-d value" if piece.ndim == 0 else f"{len(piece)} rows"
                 raise AllocationError(
                     f"results[{i}]{path} must have the {self._sizes[i]} rows of chunk {i}, got "
-                    f"{got}; return one row per input row, or pass reverse_shuffle=False to "
-                    "concatenate results of any length"
+                    f"{got}; return one row per input row, or {ANY_LENGTH_ADVICE}"
                 )
             if piece.shape[1:] != pieces[0].shape[1:]:
                 raise AllocationError(

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ._allocation import Allocation, arrange, arrange_many
+from ._allocation import ANY_LENGTH_ADVICE, Allocation, arrange, arrange_many
 from ._errors import AllocationError
 from ._executors._base import Executor
 from ._types import ShuffleLike
@@ -45,6 +45,7 @@ def map_array(
     shuffle: ShuffleLike = False,
     progress: bool | dict[str, Any] = False,
     block_rows: int | None = None,
+    reduce: Callable[[list[Any]], Any] | None = None,
     **broadcast: Any,
 ) -> Any:
     """Call ``fn`` on chunks of rows of ``arrays`` in parallel and return the joined result.
@@ -53,7 +54,7 @@ def map_array(
     workers by weight (:func:`mepa.arrange_many`). ``fn(*chunks, **broadcast)`` runs once per
     chunk, where ``chunks`` holds the same rows of every array; the results are put back in the
     original row order. ``fn`` must return one row per input row: an array, or a tuple or dict
-    of arrays (the result then has the same structure).
+    of arrays (the result then has the same structure), unless ``reduce`` is given.
 
     Parameters
     ----------
@@ -78,6 +79,12 @@ def map_array(
         without one, each worker receives a single chunk (the fewest round trips).
     block_rows
         Rows per shuffled block, as for :func:`mepa.arrange`.
+    reduce
+        For a ``fn`` that returns something other than one row per input row (a partial sum, a
+        histogram, a misfit): ``reduce(results)`` is returned instead of the joined rows, where
+        ``results`` is the list of what ``fn`` returned for each chunk, in chunk order (chunks
+        hold shuffled rows if ``shuffle`` is set, and there are more chunks than workers with a
+        progress bar). ``reduce=sum`` adds the partial results; ``reduce=list`` returns them.
     **broadcast
         Keyword arguments passed whole to every call of ``fn`` (parameters, lookup tables).
         A keyword that is also one of ``map_array``'s own parameters cannot be passed this
@@ -95,7 +102,7 @@ def map_array(
         or dict, or a broadcast keyword names a parameter that already receives an array.
     AllocationError
         No arrays, an argument that is not an array, arrays of different lengths, a bad
-        shuffle, or results that are not one row per input row.
+        shuffle, or results that are not one row per input row (and no ``reduce``).
     Exception
         Whatever ``fn`` raised, with the remote traceback as ``__cause__``.
 
@@ -111,11 +118,24 @@ def map_array(
     array([10., 20., 30., 40., 50.])
     >>> out["diff"]
     array([-1.,  0.,  1.,  2.,  3.])
+
+    A reduction: each chunk returns its sum of squares, ``reduce=sum`` adds them up.
+
+    >>> def sum_of_squares(x):
+    ...     return float(np.sum(x * x))
+    >>> with ThreadExecutor(2) as executor:
+    ...     map_array(sum_of_squares, np.arange(5), executor=executor, reduce=sum)
+    30.0
     """
     _check_callable(fn)
     data = _check_arrays(arrays)
     _check_broadcast(fn, len(data), broadcast)
     bar_options = _check_progress(progress)
+    if reduce is not None and not callable(reduce):
+        raise TypeError(
+            f"reduce must be a callable taking the list of per-chunk results, or None, got "
+            f"{type(reduce).__name__}: {reduce!r}; pass e.g. reduce=sum"
+        )
     if executor is not None and not isinstance(executor, Executor):
         raise TypeError(
             f"executor must be a mepa Executor or None, got {type(executor).__name__}: "
@@ -126,8 +146,8 @@ def map_array(
         from ._executors._process import ProcessExecutor
 
         with ProcessExecutor() as own:
-            return _run(own, fn, data, shuffle, bar_options, block_rows, broadcast)
-    return _run(executor, fn, data, shuffle, bar_options, block_rows, broadcast)
+            return _run(own, fn, data, shuffle, bar_options, block_rows, reduce, broadcast)
+    return _run(executor, fn, data, shuffle, bar_options, block_rows, reduce, broadcast)
 
 
 # ------------------------------------------------------------------------------ running
@@ -140,13 +160,14 @@ def _run(
     shuffle: ShuffleLike,
     bar_options: dict[str, Any] | None,
     block_rows: int | None,
+    reduce: Callable[[list[Any]], Any] | None,
     broadcast: dict[str, Any],
 ) -> Any:
     many = len(data) > 1
     if bar_options is None:
         alloc = _split(data, executor.workers, shuffle, block_rows)
         futures = executor.distribute(_apply, fn, alloc, many, broadcast)
-        return alloc.reassemble(executor.gather(futures))
+        return _join(alloc, executor.gather(futures), reduce)
 
     workers = executor.workers
     alloc = _split(data, list(workers) * CHUNKS_PER_WORKER, shuffle, block_rows)
@@ -155,7 +176,27 @@ def _run(
         for i in range(len(alloc))
     ]
     _follow(futures, alloc, bar_options)
-    return alloc.reassemble(executor.gather(futures))
+    return _join(alloc, executor.gather(futures), reduce)
+
+
+def _join(
+    alloc: Allocation, results: list[Any], reduce: Callable[[list[Any]], Any] | None
+) -> Any:
+    """The rows back in order, or ``reduce(results)``."""
+    if reduce is not None:
+        return reduce(list(results))
+    try:
+        return alloc.reassemble(results)
+    except AllocationError as exc:
+        if ANY_LENGTH_ADVICE not in str(exc):
+            raise
+        raise AllocationError(
+            str(exc).replace(
+                ANY_LENGTH_ADVICE,
+                "pass reduce= to combine the per-chunk results yourself (reduce=sum adds "
+                "them, reduce=list returns them)",
+            )
+        ) from None
 
 
 def _split(

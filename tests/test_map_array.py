@@ -214,3 +214,32 @@ def test_bad_results_and_task_errors(
 def test_builtin_without_signature_is_not_checked_early() -> None:
     with mepa.LinearExecutor(1) as ex, pytest.raises(TypeError, match=re.escape("nope")):
         map_array(np.add, DATA, DATA, executor=ex, nope=1)
+
+
+def test_a_result_per_chunk_is_pointed_to_reduce_not_to_an_option_map_array_lacks() -> None:
+    with mepa.LinearExecutor(2) as ex, pytest.raises(AllocationError) as info:
+        map_array(scalar, DATA, executor=ex)
+    assert "reduce=" in str(info.value)
+    assert "reverse_shuffle" not in str(info.value)
+
+
+def sum_of_squares(x: np.ndarray) -> float:
+    return float(np.sum(x * x))
+
+
+@pytest.mark.parametrize("shuffle", [False, 7])
+def test_reduce_combines_the_per_chunk_results(executor: mepa.Executor, shuffle: object) -> None:
+    expected = float(np.sum(DATA * DATA))
+    total = map_array(sum_of_squares, DATA, executor=executor, shuffle=shuffle, reduce=sum)
+    assert math.isclose(total, expected, rel_tol=1e-12)
+    parts = map_array(
+        sum_of_squares, DATA, executor=executor, shuffle=shuffle, reduce=list,
+        progress={"disable": True},
+    )
+    assert len(parts) == CHUNKS_PER_WORKER * N_WORKERS
+    assert math.isclose(math.fsum(parts), expected, rel_tol=1e-12)
+
+
+def test_reduce_must_be_callable() -> None:
+    with pytest.raises(TypeError, match=r"reduce must be a callable .* got int: 3; pass e\.g\."):
+        map_array(wave, DATA, reduce=3)  # type: ignore[arg-type]
