@@ -33,6 +33,7 @@ EXPECTED: dict[str, tuple[str, str]] = {
     "shared_output.py": ("stdout", "8 tasks wrote 10000 rows in place"),
     "sub_executor.py": ("stdout", "sub-executor: ['thread-0', 'thread-2']"),
     "map_array.py": ("stdout", "map_array: ok"),
+    "magnetic_map_array.py": ("stdout", "magnetic map_array: ok"),
     "demo_magnetic.py": ("stdout", "max relative error (parallel vs serial)"),
 }
 DASK_SEED = {"seed_dask/add.py", "seed_dask/main.py"}
