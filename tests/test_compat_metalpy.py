@@ -10,12 +10,15 @@ import functools
 import importlib
 import io
 import operator
+import os
 import queue
 import re
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -587,3 +590,34 @@ def test_dask_executor_scheduler_addr_and_original_shutdown() -> None:
         # As the original's client.shutdown(): the scheduler it connected to exits.
         cluster._scheduler.wait(60)
         assert cluster._scheduler.returncode is not None
+
+
+# ------------------------------------------------------------------------- the seed README
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize(
+    ("name", "stream", "expected"),
+    [("seed_parallel_utility.py", "stderr", "20/20")],  # its bar is made with total=0
+)
+def test_seed_readme_examples_with_their_metalpy_imports(
+    name: str, stream: str, expected: str, tmp_path: Path
+) -> None:
+    """The seed README's examples as written there (``from metalpy.mepa import ...``)."""
+    root = Path(__file__).resolve().parent.parent
+    code = (root / "examples" / name).read_text()
+    assert "from mepa import" in code
+    script = tmp_path / name
+    script.write_text(
+        "import mepa.compat.metalpy\nmepa.compat.metalpy.install()\n"
+        + code.replace("from mepa import", "from metalpy.mepa import")
+    )
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=150, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert expected in getattr(proc, stream), (proc.stdout[-500:], proc.stderr[-500:])
