@@ -51,7 +51,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-__all__ = ["LocalModules", "Slot", "dumps_shipped", "run_shipped"]
+__all__ = ["LocalModules", "Slot", "TaskExit", "dumps_shipped", "run_shipped"]
 
 _REGISTRY_LOCK = threading.Lock()
 """cloudpickle's by-value registry is global: register, dump and unregister under this lock."""
@@ -241,4 +241,24 @@ def run_shipped(payload: bytes, *values: Any) -> Any:
         args = tree_map(fill, args)
         kwargs = tree_map(fill, kwargs)
     call: Callable[..., Any] = fn
-    return run_task(call, *args, **kwargs)
+    try:
+        return run_task(call, *args, **kwargs)
+    except SystemExit as exc:
+        # A SystemExit would end the worker's thread (or the worker): carry it as an error.
+        carried = TaskExit(exc.code)
+        carried.__dict__.update(exc.__dict__)
+        raise carried from None
+
+
+class TaskExit(Exception):
+    """A task called :func:`sys.exit`; the host turns it back into :class:`SystemExit`.
+
+    Parameters
+    ----------
+    code
+        The exit code (or message) given to ``sys.exit``.
+    """
+
+    def __init__(self, code: object = None) -> None:
+        super().__init__(code)
+        self.code = code

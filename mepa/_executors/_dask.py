@@ -33,10 +33,12 @@ import hmac
 import ipaddress
 import logging
 import os
+import queue
 import re
 import secrets
 import socket
 import threading
+import time
 import traceback
 import uuid
 import weakref
@@ -46,16 +48,23 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import distributed
 import numpy as np
 
-from .._dask_shipping import LocalModules, Slot, dumps_shipped, run_shipped
-from .._errors import ClusterSpecError, SerializationError, WorkerCrashedError, WorkerSpecError
+from .._dask_shipping import LocalModules, Slot, TaskExit, dumps_shipped, run_shipped
+from .._errors import (
+    BrokenExecutor,
+    ClusterSpecError,
+    SerializationError,
+    WorkerCrashedError,
+    WorkerSpecError,
+)
 from .._events import Channel, EventHub, Transport
 from .._threads import thread_env
-from .._tree import iter_leaves, tree_map
+from .._tree import tree_map
 from .._worker import Worker, physical_cores
-from ._base import DistributePlan, Executor
+from ._base import Executor
 from ._futures import TaskFuture
 
 if TYPE_CHECKING:
+    from distributed.deploy.cluster import Cluster
     from distributed.security import Security
 
 __all__ = ["DaskChannel", "DaskExecutor", "RemoteTraceback"]
@@ -67,6 +76,9 @@ logger = logging.getLogger("mepa.dask")
 SCATTER_BYTES = 1 << 20
 """Arrays (and distribute chunks) at least this big are scattered to the cluster instead of
 travelling inside the task through the scheduler."""
+
+RELAUNCHES = 3
+"""How often a task whose scattered input died with its worker is launched again."""
 
 _CLIENT: Any = distributed.Client  # distributed's annotations are partial
 
@@ -80,7 +92,9 @@ class DaskExecutor(Executor):
     ----------
     address
         ``"tcp://host:port"`` or ``"tls://host:port"`` of a running scheduler; an existing
-        :class:`distributed.Client` (left open by :meth:`shutdown`); or ``None`` to start an
+        :class:`distributed.Client` (left open by :meth:`shutdown`); a cluster object
+        (``LocalCluster``, ``SpecCluster``, dask-jobqueue's ``SLURMCluster``, ..., left
+        running by :meth:`shutdown`); or ``None`` to start an
         embedded :class:`distributed.LocalCluster` of worker processes on 127.0.0.1, without
         dashboard, owned and closed by the executor.
     n_workers, threads_per_worker
@@ -102,16 +116,31 @@ class DaskExecutor(Executor):
         installed on the cluster but imported from a checkout on the host.
     timeout
         Seconds to wait for the connection and for a first worker.
+    wait_for_workers
+        Workers to wait for (up to ``timeout`` seconds) before the constructor returns, e.g.
+        the node count of queued batch jobs. ``0`` starts at once, also on an adaptive cluster
+        that has no worker yet: tasks then wait for the cluster to scale up.
+    no_worker_timeout
+        Seconds the cluster may have no worker at all while tasks are pending; then those
+        tasks fail with :class:`~mepa.BrokenExecutor` saying that no worker is left. Raise it
+        for job queues that take long to replace workers.
 
     Notes
     -----
-    *Workers.* The executor's workers are the cluster's when it starts (and after
-    :meth:`refresh_workers`), in a stable order, each weighted by its number of threads: a
-    4-thread worker gets twice the rows of a 2-thread one. A worker named with an integer ``n``
-    (``LocalCluster``) becomes ``dask-n``; a name like ``gpu-3`` is kept; a worker named by its
-    address becomes ``{host}-{k}``, numbered per host. Pinned tasks (:meth:`submit_to`,
-    :meth:`distribute`) ask for their worker with ``allow_other_workers=True``, so a task never
-    hangs on a worker that left.
+    *Workers.* The executor's workers are the cluster's, read again by :meth:`arrange` when
+    the scheduler reported workers joining or leaving, in a stable order, each weighted by its
+    number of threads: a 4-thread worker gets twice the rows of a 2-thread one. A worker named
+    with an integer ``n`` (``LocalCluster``) becomes ``dask-n``; a name like ``gpu-3`` is
+    kept; a worker named by its address becomes ``{host}-{k}``, numbered per host. Pinned tasks
+    (:meth:`submit_to`, :meth:`distribute`) ask for their worker with
+    ``allow_other_workers=True``, so a task never hangs on a worker that left.
+
+    *Failures.* A task whose scattered input died with its worker is launched again with the
+    host's copy (up to :data:`RELAUNCHES` times), then fails with
+    :class:`~mepa.WorkerCrashedError`; pending tasks fail with :class:`~mepa.BrokenExecutor`
+    at once when the scheduler is lost, and after ``no_worker_timeout`` seconds without any
+    worker. ``sys.exit()`` in a task sets :class:`SystemExit` on its future. Results are fetched
+    by the executor's own threads, in parallel, never on Dask's callback thread.
 
     *Code shipping.* Modules imported from the working directory or ``extra_paths`` (never the
     standard library, ``site-packages``, a virtual environment or mepa) are pickled by value
@@ -144,7 +173,7 @@ class DaskExecutor(Executor):
 
     def __init__(
         self,
-        address: str | distributed.Client | None = None,
+        address: str | distributed.Client | Cluster | None = None,
         *,
         n_workers: int | None = None,
         threads_per_worker: int | None = None,
@@ -153,6 +182,8 @@ class DaskExecutor(Executor):
         extra_paths: Iterable[str | os.PathLike[str]] = (),
         excludes: Iterable[str] = (),
         timeout: float = 30.0,
+        wait_for_workers: int = 1,
+        no_worker_timeout: float = 60.0,
     ) -> None:
         self._cluster: distributed.LocalCluster | None = None
         self._owns_client = True
@@ -185,6 +216,14 @@ class DaskExecutor(Executor):
                     "the certificates the scheduler trusts"
                 )
             client = _CLIENT(address, security=security, timeout=timeout, set_as_default=False)
+        elif _is_cluster(address):
+            if n_workers is not None or threads_per_worker is not None:
+                raise TypeError(
+                    "n_workers and threads_per_worker only size the embedded cluster "
+                    f"(address=None), got a {type(address).__name__}; size or scale the "
+                    "cluster object itself (cluster.scale(n) or cluster.adapt(...))"
+                )
+            client = _CLIENT(address, security=security, timeout=timeout, set_as_default=False)
         elif address is None:
             self._cluster = _start_local_cluster(n_workers, threads_per_worker, security)
             try:
@@ -197,14 +236,34 @@ class DaskExecutor(Executor):
         else:
             raise TypeError(
                 "address must be a scheduler address such as 'tcp://host:port', a "
-                f"distributed.Client or None, got {type(address).__name__}: {address!r}"
+                "distributed.Client, a cluster object (LocalCluster, SpecCluster, "
+                f"dask-jobqueue's SLURMCluster, ...) or None, got {type(address).__name__}: "
+                f"{address!r}"
             )
         self._client: Any = client
         try:
-            if not self._client.scheduler_info(n_workers=-1).get("workers"):
-                self._client.wait_for_workers(1, timeout=timeout)
+            if isinstance(wait_for_workers, bool) or not isinstance(wait_for_workers, int) \
+                    or wait_for_workers < 0:
+                raise WorkerSpecError(
+                    f"wait_for_workers must be an int >= 0, got {wait_for_workers!r}; pass 0 "
+                    "to start without waiting (an adaptive cluster with minimum 0)"
+                )
+            info = self._client.scheduler_info(n_workers=-1)
+            if len(info.get("workers", {})) < wait_for_workers:
+                try:
+                    self._client.wait_for_workers(wait_for_workers, timeout=timeout)
+                except TimeoutError as exc:
+                    have = len(self._client.scheduler_info(n_workers=-1).get("workers", {}))
+                    raise TimeoutError(
+                        f"waited {timeout:g} s (timeout) for {wait_for_workers} Dask workers "
+                        f"(wait_for_workers), {have} joined the scheduler at "
+                        f"{self._client.scheduler.address}; start more workers, raise timeout, "
+                        "or pass wait_for_workers=0 to start with the workers there are"
+                    ) from exc
             self._scheduler_address = str(self._client.scheduler.address)
-            workers, self._addresses, self._hosts = _read_workers(self._client)
+            workers, self._addresses, self._hosts = _read_workers(
+                self._client, allow_none=wait_for_workers == 0
+            )
             super().__init__(workers)
         except BaseException:
             self._close_owned()
@@ -216,6 +275,18 @@ class DaskExecutor(Executor):
         self._dask_lock = threading.Lock()
         self._topics: list[str] = []
         self._rejected = 0
+        self._no_worker_timeout = _positive("no_worker_timeout", no_worker_timeout)
+        self._live: set[str] = set(self._addresses.values()) - {_PENDING_WORKER}
+        self._changed = False
+        self._running: set[_DaskTask] = set()
+        self._broken: BaseException | None = None
+        self._fetcher = _Fetcher(max_threads=max(4, min(16, 2 * len(self._workers))))
+        self._stopping = threading.Event()
+        self._client.subscribe_topic("all", self._on_cluster_event)
+        self._monitor = threading.Thread(
+            target=self._watch, name="mepa-dask-monitor", daemon=True
+        )
+        self._monitor.start()
 
     # ------------------------------------------------------------------ cluster
 
@@ -245,12 +316,35 @@ class DaskExecutor(Executor):
             The new :attr:`workers`.
         """
         self._check_open()
+        self._changed = False
         workers, addresses, hosts = _read_workers(self._client)
         with self._lock:
             self._workers = workers
             self._addresses = addresses
             self._hosts = hosts
+            self._live.update(addresses.values())
         return workers
+
+    def _follow_cluster(self) -> None:
+        """Read the workers again if the scheduler reported some joining or leaving."""
+        if self._changed or _PENDING_WORKER in self._addresses:
+            with contextlib.suppress(WorkerSpecError):  # none yet: keep what there is
+                self.refresh_workers()
+
+    def arrange(self, data: Any, shuffle: Any = False, *, block_rows: int | None = None) -> Any:
+        """Split ``data`` over the cluster's workers of now, by threads (see :func:`mepa.arrange`).
+
+        Workers that joined or left since the last call are taken into account first.
+        """
+        self._follow_cluster()
+        return super().arrange(data, shuffle, block_rows=block_rows)
+
+    def arrange_many(
+        self, *arrays: Any, shuffle: Any = False, block_rows: int | None = None
+    ) -> Any:
+        """Split several equal-length arrays the same way, over the cluster's workers of now."""
+        self._follow_cluster()
+        return super().arrange_many(*arrays, shuffle=shuffle, block_rows=block_rows)
 
     def is_local(self) -> bool:
         """Whether every worker runs on this machine (judged by the workers' host addresses)."""
@@ -289,13 +383,6 @@ class DaskExecutor(Executor):
         future = self._client.scatter([data], hash=False)[0]
         return cast("R", future)
 
-    def _chunk_argument(self, alloc: Any, i: int, plan: DistributePlan | None) -> Any:
-        chunk = alloc[i]
-        if _nbytes(chunk) < SCATTER_BYTES:
-            return chunk
-        address = self._addresses[self._workers[i].name]
-        return self._client.scatter([chunk], workers=[address], hash=False)[0]
-
     # ------------------------------------------------------------------ engine
 
     def _submit(
@@ -312,7 +399,8 @@ class DaskExecutor(Executor):
     def _as_dask_future(self, leaf: Any) -> Any:
         if isinstance(leaf, TaskFuture):
             with self._dask_lock:
-                return self._dask_futures.get(leaf, leaf)
+                task = self._dask_futures.get(leaf)
+            return leaf if task is None else task.dask_future
         return leaf
 
     def _prepare_call(
@@ -330,19 +418,16 @@ class DaskExecutor(Executor):
             call = args[0]
         else:
             call = _Call(fn, args, kwargs, None)
-        address = None if worker is None else self._addresses.get(worker.name)
-        dask_args: list[Any] = []
+        sources: list[Any] = []
 
         def to_slot(leaf: Any) -> Any:
             if isinstance(leaf, TaskFuture):
                 leaf = self._as_dask_future(leaf)
-            if isinstance(leaf, distributed.Future):
-                dask_args.append(leaf)
-                return Slot(len(dask_args) - 1)
-            if isinstance(leaf, np.ndarray) and leaf.nbytes >= SCATTER_BYTES:
-                where = None if address is None else [address]
-                dask_args.append(self._client.scatter([leaf], workers=where, hash=False)[0])
-                return Slot(len(dask_args) - 1)
+            if isinstance(leaf, distributed.Future) or (
+                isinstance(leaf, np.ndarray) and leaf.nbytes >= SCATTER_BYTES
+            ):
+                sources.append(leaf)
+                return Slot(len(sources) - 1)
             return leaf
 
         task_args = tree_map(to_slot, call.args)
@@ -357,19 +442,97 @@ class DaskExecutor(Executor):
                 "and closures; open files, locks, sockets and clients are not)"
             )
             raise error from exc
-        pin: dict[str, Any] = {}
-        if address is not None:
-            pin = {"workers": [address], "allow_other_workers": True}
-        dask_future = self._client.submit(
-            run_shipped, payload, *dask_args,
-            key=f"{_funcname(call.fn)}-{uuid.uuid4().hex}", pure=False, **pin,
-        )
+        address = None if worker is None else self._addresses.get(worker.name)
+        task = _DaskTask(self, _funcname(call.fn), payload, sources, address)
+        task.launch()
         if call.future is not None:
             with self._dask_lock:
-                self._dask_futures[call.future] = dask_future
-        return _bridge(dask_future)
+                self._dask_futures[call.future] = task
+        return task
+
+    def _scatter_to(self, values: list[Any], address: str | None) -> list[Any]:
+        """Scatter ``values`` to ``address`` (anywhere if it is ``None`` or has left)."""
+        if address is not None and address in self._live:
+            try:
+                return list(self._client.scatter(values, workers=[address], hash=False))
+            except (KeyError, ValueError):  # the worker left since the list was read
+                self._live.discard(address)
+        return list(self._client.scatter(values, hash=False))
+
+    def _pin(self, address: str | None) -> dict[str, Any]:
+        if address is None or address not in self._live:
+            return {}
+        return {"workers": [address], "allow_other_workers": True}
+
+    def _on_cluster_event(self, event: tuple[float, Any]) -> None:
+        # On the client's loop: the scheduler's "all" topic (anyone may write to it, so it
+        # only steers where data is pinned; failures are decided on the scheduler's word).
+        msg = event[1]
+        if not isinstance(msg, dict) or not isinstance(msg.get("worker"), str):
+            return
+        if msg.get("action") == "add-worker":
+            self._live.add(msg["worker"])
+            self._changed = True
+        elif msg.get("action") == "remove-worker":
+            self._live.discard(msg["worker"])
+            self._changed = True
+
+    def _watch(self) -> None:
+        """Fail pending tasks when the scheduler is gone, or no worker is left for too long."""
+        empty_since: float | None = None
+        while not self._stopping.wait(0.2):
+            status = self._client.status
+            if status != "running":
+                if not self._stopping.is_set() and status in ("connecting", "closed", "failed"):
+                    self._break(BrokenExecutor(
+                        f"lost the connection to the Dask scheduler at "
+                        f"{self._scheduler_address} (the client is {status!r}): the scheduler "
+                        "stopped or the network failed, and the tasks not finished are lost; "
+                        "start the scheduler again and make a new DaskExecutor"
+                    ))
+                return
+            if not self._running or self._live:
+                empty_since = None
+                continue
+            now = time.monotonic()
+            if empty_since is None:
+                empty_since = now
+            elif now - empty_since >= self._no_worker_timeout:
+                empty_since = None
+                with contextlib.suppress(Exception):
+                    if self._client.scheduler_info(n_workers=-1).get("workers"):
+                        continue  # the scheduler has workers: the events were wrong
+                    self._fail_running(BrokenExecutor(
+                        f"no Dask worker left on the scheduler at {self._scheduler_address} "
+                        f"for {self._no_worker_timeout:g} s (no_worker_timeout); start workers "
+                        f"with 'dask worker {self._scheduler_address}' and submit again"
+                    ))
+
+    def _break(self, exc: BaseException) -> None:
+        self._broken = exc
+        self._fail_running(exc)
+
+    def _fail_running(self, exc: BaseException) -> None:
+        for task in list(self._running):
+            task.fail(exc)
+
+    def _is_executing(self, key: str) -> bool:
+        """Whether a worker runs the task ``key`` now (asks the scheduler, then that worker)."""
+        try:
+            processing = self._client.processing()
+            where = [address for address, keys in processing.items() if key in keys]
+            if not where:
+                return False
+            answers = self._client.run(_is_executing, key, workers=where, nanny=False)
+        except Exception:  # noqa: BLE001 - cannot tell: the task may run, say so
+            return True
+        return any(answers.values())
 
     def _engine_shutdown(self, wait: bool) -> None:
+        self._stopping.set()
+        self._fetcher.stop()
+        with contextlib.suppress(Exception):
+            self._client.unsubscribe_topic("all")
         topics, self._topics = self._topics, []
         for topic in topics:
             with contextlib.suppress(Exception):
@@ -399,6 +562,20 @@ class DaskExecutor(Executor):
             )
             crash.__cause__ = exc
             return crash
+        if isinstance(exc, _InputLost):
+            where = "a worker that left" if exc.address is None else f"worker {exc.address}"
+            crash = WorkerCrashedError(
+                f"the data of the task on {future.describe()} was lost {exc.attempts} times: "
+                f"it was scattered to {where}, which died before the task read it; the task "
+                "was launched again with the host's copy each time. Look for memory limits or "
+                "crashes in the worker logs.",
+                chunk=future.chunk,
+            )
+            return crash
+        if isinstance(exc, TaskExit):
+            out = SystemExit(exc.code)
+            out.__dict__.update(exc.__dict__)
+            return out
         if _is_pickling_error(exc):
             error = SerializationError(
                 f"the task on {future.describe()} or its result could not be pickled: {exc}; "
@@ -476,56 +653,187 @@ class _Call:
         self.future = future
 
 
-class _BridgeFuture(concurrent.futures.Future[Any]):
-    """Stdlib future completed from a Dask future; cancelling it cancels the Dask task."""
+class _DaskTask(concurrent.futures.Future[Any]):
+    """The stdlib future of one task on Dask, across its attempts.
 
-    def __init__(self, dask_future: Any) -> None:
+    An attempt is one Dask future. Host arrays of the task are kept until it ends: when a
+    worker holding a scattered input dies, Dask cancels the task (the data cannot be
+    recomputed), and the task is launched again with the arrays scattered anew, up to
+    :data:`RELAUNCHES` times. Results are fetched by the executor's fetch threads, never on
+    Dask's callback thread.
+    """
+
+    def __init__(
+        self, executor: DaskExecutor, name: str, payload: bytes, sources: list[Any],
+        address: str | None,
+    ) -> None:
         super().__init__()
+        self._executor = executor
+        self.name = name
+        self.payload = payload
+        self.sources: list[Any] | None = sources
+        self.address = address
+        self.attempts = 0
+        self.dask_future: Any = None
+        self._values: list[Any] = []
+        self._user_cancelled = False
+
+    def launch(self) -> None:
+        """Start an attempt: scatter the host arrays, submit the payload."""
+        ex = self._executor
+        sources = self.sources or []
+        values = list(sources)
+        host = [i for i, v in enumerate(sources) if isinstance(v, np.ndarray)]
+        if host:
+            placed = ex._scatter_to([sources[i] for i in host], self.address)
+            for i, future in zip(host, placed, strict=True):
+                values[i] = future
+        self.attempts += 1
+        dask_future = ex._client.submit(
+            run_shipped, self.payload, *values,
+            key=f"{self.name}-{uuid.uuid4().hex}", pure=False, **ex._pin(self.address),
+        )
+        self._values = values
         self.dask_future = dask_future
+        ex._running.add(self)
+        dask_future.add_done_callback(self._on_dask_done)
+
+    def _on_dask_done(self, dask_future: Any) -> None:
+        # Dask's callback thread: hand over, never fetch here.
+        if dask_future is self.dask_future:
+            self._executor._fetcher.put(self)
+
+    def complete(self) -> None:
+        """Move the finished attempt's outcome here, or start another (on a fetch thread)."""
+        if self.done():
+            return
+        ex = self._executor
+        dask_future = self.dask_future
+        try:
+            status = dask_future.status
+            if status == "finished":
+                try:
+                    value = dask_future.result()
+                except concurrent.futures.CancelledError:
+                    status = "lost"  # the worker holding the result died before the fetch
+                else:
+                    self._finish(value=value)
+                    return
+            if status == "error":
+                exc = dask_future.exception()
+                _attach_remote_traceback(exc, dask_future.traceback())
+                self._finish(exc=exc)
+                return
+        except Exception as exc:  # noqa: BLE001 - lost results, a closed client: the task fails
+            self._finish(exc=ex._broken or exc)
+            return
+        # cancelled or lost: by the user, by shutdown, or because its input's worker died
+        if self._user_cancelled or ex._is_shutdown:
+            self._finish(cancel=True)
+        elif ex._broken is not None:
+            self._finish(exc=ex._broken)
+        elif self.attempts > RELAUNCHES or self.sources is None:
+            self._finish(exc=_InputLost(self.address, self.attempts))
+        else:
+            logger.info("the data of %s was lost with its worker; launching it again", self.name)
+            try:
+                self.launch()
+            except Exception as exc:  # noqa: BLE001 - no worker to scatter to, a closed client
+                self._finish(exc=ex._broken or exc)
+
+    def fail(self, exc: BaseException) -> None:
+        """Fail the task from outside (the scheduler or every worker is gone)."""
+        self._finish(exc=exc)
+        with contextlib.suppress(Exception):
+            self.dask_future.cancel()
+
+    def _finish(
+        self, *, value: Any = None, exc: BaseException | None = None, cancel: bool = False
+    ) -> None:
+        self._executor._running.discard(self)
+        self.sources = None
+        self._values = []
+        with contextlib.suppress(concurrent.futures.InvalidStateError):
+            if cancel:
+                if concurrent.futures.Future.cancel(self):
+                    self.set_running_or_notify_cancel()
+            elif exc is not None:
+                self.set_exception(exc)
+            else:
+                self.set_result(value)
 
     def cancel(self) -> bool:
-        if self.cancelled():
-            return True
+        """Cancel the task unless a worker runs it (then it runs on: ``False``)."""
         if self.done():
+            return self.cancelled()
+        if self._executor._is_executing(self.dask_future.key):
             return False
+        self._user_cancelled = True
         with contextlib.suppress(Exception):
             self.dask_future.cancel()
         return super().cancel()
 
-    def _cancelled_by_dask(self) -> None:
-        if concurrent.futures.Future.cancel(self):
-            self.set_running_or_notify_cancel()
+
+class _InputLost(Exception):
+    """The worker holding a task's scattered input died, every time the task was launched."""
+
+    def __init__(self, address: str | None, attempts: int) -> None:
+        super().__init__(address, attempts)
+        self.address = address
+        self.attempts = attempts
 
 
-def _bridge(dask_future: Any) -> _BridgeFuture:
-    bridge = _BridgeFuture(dask_future)
-    dask_future.add_done_callback(lambda f: _complete(bridge, f))
-    return bridge
+class _Fetcher:
+    """Daemon threads that complete finished tasks (fetch results) in parallel.
+
+    Dask runs done-callbacks on one process-wide thread: a result fetched there blocks every
+    other Dask future of the process. The threads are daemons, so a fetch that never ends
+    cannot hold up interpreter exit.
+    """
+
+    def __init__(self, max_threads: int) -> None:
+        self._queue: queue.SimpleQueue[_DaskTask | None] = queue.SimpleQueue()
+        self._max = max_threads
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._lock = threading.Lock()
+
+    def put(self, task: _DaskTask) -> None:
+        with self._lock:
+            if self._idle == 0 and len(self._threads) < self._max:
+                thread = threading.Thread(
+                    target=self._run, name=f"mepa-dask-fetch-{len(self._threads)}", daemon=True
+                )
+                self._threads.append(thread)
+                self._idle += 1
+                thread.start()
+            self._idle -= 1
+        self._queue.put(task)
+
+    def _run(self) -> None:
+        while True:
+            task = self._queue.get()
+            if task is None:
+                return
+            try:
+                task.complete()
+            except BaseException:  # never lose the thread
+                logger.exception("completing %s failed", task.name)
+            finally:
+                with self._lock:
+                    self._idle += 1
+
+    def stop(self) -> None:
+        with self._lock:
+            threads, self._threads = self._threads, []
+        for _ in threads:
+            self._queue.put(None)
 
 
-def _complete(bridge: _BridgeFuture, dask_future: Any) -> None:
-    """Move a finished Dask future's outcome to ``bridge`` (in Dask's callback thread)."""
-    if bridge.done():
-        return
-    try:
-        status = dask_future.status
-        if status == "finished":
-            value = dask_future.result()
-        elif status == "cancelled":
-            bridge._cancelled_by_dask()
-            return
-        else:
-            exc = dask_future.exception()
-            _attach_remote_traceback(exc, dask_future.traceback())
-            with contextlib.suppress(concurrent.futures.InvalidStateError):
-                bridge.set_exception(exc)
-            return
-    except Exception as exc:  # noqa: BLE001 - lost results, a closed client: the task fails
-        with contextlib.suppress(concurrent.futures.InvalidStateError):
-            bridge.set_exception(exc)
-        return
-    with contextlib.suppress(concurrent.futures.InvalidStateError):
-        bridge.set_result(value)
+def _is_executing(key: str, dask_worker: Any = None) -> bool:
+    """Worker side: whether the task ``key`` is running on this worker."""
+    state = dask_worker.state.tasks.get(key) if dask_worker is not None else None
+    return state is not None and state.state in ("executing", "long-running")
 
 
 class RemoteTraceback(Exception):
@@ -679,11 +987,31 @@ def _start_local_cluster(
     return cluster
 
 
+_PENDING_WORKER = "pending"
+"""Address of the stand-in worker of a cluster that has none yet (wait_for_workers=0)."""
+
+
+def _is_cluster(obj: object) -> bool:
+    """Whether ``obj`` is a Dask cluster object (``distributed.deploy.Cluster`` or alike)."""
+    from distributed.deploy.cluster import Cluster
+
+    return isinstance(obj, Cluster) or (
+        not isinstance(obj, str) and isinstance(getattr(obj, "scheduler_address", None), str)
+        and callable(getattr(obj, "scale", None))
+    )
+
+
 def _read_workers(
-    client: Any,
+    client: Any, *, allow_none: bool = False
 ) -> tuple[tuple[Worker, ...], dict[str, str], dict[str, str]]:
-    """The cluster's workers as mepa workers, their addresses and hosts, by mepa name."""
+    """The cluster's workers as mepa workers, their addresses and hosts, by mepa name.
+
+    With ``allow_none`` a cluster without workers gets one stand-in worker, ``dask-any``,
+    whose tasks go wherever the scheduler puts them.
+    """
     info: Mapping[str, Mapping[str, Any]] = client.scheduler_info(n_workers=-1).get("workers", {})
+    if not info and allow_none:
+        return (Worker("dask-any"),), {"dask-any": _PENDING_WORKER}, {"dask-any": "localhost"}
     if not info:
         raise WorkerSpecError(
             "the Dask cluster has no workers; start some with "
@@ -753,8 +1081,10 @@ def _is_local_host(host: str, local: set[str]) -> bool:
         return False
 
 
-def _nbytes(tree: Any) -> int:
-    return sum(int(getattr(leaf, "nbytes", 0) or 0) for leaf in iter_leaves(tree))
+def _positive(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
+    return float(value)
 
 
 def _funcname(fn: Any) -> str:
