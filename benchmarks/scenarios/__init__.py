@@ -7,6 +7,7 @@ from .demo import DEMO
 from .dispatch import DISPATCH
 from .events import EVENTS
 from .maps import CPU_MAP, MEMORY_MAP
+from .numba_kernel import NUMBA_KERNEL
 from .shuffled_map import SHUFFLED_MAP
 from .startup import STARTUP
 
@@ -14,5 +15,8 @@ __all__ = ["SCENARIOS"]
 
 #: Every scenario by name, in run order.
 SCENARIOS: dict[str, Scenario] = {
-    s.name: s for s in (CPU_MAP, MEMORY_MAP, SHUFFLED_MAP, DISPATCH, EVENTS, STARTUP, DEMO)
+    s.name: s
+    for s in (
+        CPU_MAP, MEMORY_MAP, SHUFFLED_MAP, DISPATCH, EVENTS, STARTUP, DEMO, NUMBA_KERNEL,
+    )
 }
