@@ -43,9 +43,10 @@ expensive receivers over every worker.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TextIO
@@ -63,6 +64,7 @@ __all__ = [
     "SIZES",
     "DemoResult",
     "MagneticProblem",
+    "busy_note",
     "field_direction",
     "forward",
     "induced_moments",
@@ -86,7 +88,12 @@ SIZES: dict[str, tuple[int, float]] = {
 }
 """Receivers per side of the grid and cell size (m) for each demo size."""
 
-_DEFAULT_BLOCK_BYTES = 2**20
+_DEFAULT_BLOCK_BYTES = 2**23
+"""Bound on the temporaries of one block of :func:`forward` (bytes): about 130,000
+receiver-cell pairs per NumPy call at the default size. Calls that big spend most of their time
+in NumPy's loops, with the GIL released, so the demo's kernel also scales on threads; with 1 MiB
+blocks (2 receivers x 7,520 cells per call) Python's overhead between calls held the GIL most of
+the time and threads ran no faster than one."""
 
 
 # ------------------------------------------------------------------------------ physics
@@ -339,7 +346,7 @@ class MagneticProblem:
         Receiver coordinates along each axis of the grid (m).
     receivers
         Receiver positions, shape ``(len(north) * len(east), 3)``, row-major over
-        ``(north, east)``, 1 m above the ground (``z = -1``).
+        ``(north, east)``, above the ground (``z = -height``).
     cells, moments
         Cell centres and induced moments, shape ``(c, 3)``.
     cell_size
@@ -374,13 +381,20 @@ def make_problem(
     declination: float = 10.0,
     field_nt: float = 50_000.0,
     susceptibility: float = 0.05,
+    dip: float = 50.0,
+    depth: float = 3.0,
+    thickness: float = 30.0,
+    strike_length: float = 160.0,
+    dip_extent: float = 100.0,
+    height: float = 1.0,
 ) -> MagneticProblem:
     """Build the demo's survey and body.
 
-    The body is a slab 30 m thick, 160 m along strike (east), reaching 100 m down dip from a top
-    edge 3 m below the ground at 30 m south of the grid's centre, dipping 50 degrees to the
-    north. It is filled with the cubic cells whose centres fall inside it. The survey is a
-    square grid of 240 m x 240 m, 1 m above the ground.
+    The body is a slab ``thickness`` m thick, ``strike_length`` m along strike (east), reaching
+    ``dip_extent`` m down dip from a top edge ``depth`` m below the ground at 30 m south of the
+    grid's centre, dipping ``dip`` degrees to the north. It is filled with the cubic cells whose
+    centres fall inside it. The survey is a square grid of 240 m x 240 m, ``height`` m above
+    the ground.
 
     Parameters
     ----------
@@ -393,20 +407,35 @@ def make_problem(
         Strength of the inducing field (nT).
     susceptibility
         Of the slab (SI).
+    dip
+        Of the slab, degrees below the horizontal towards north, ``0 < dip <= 90``.
+    depth
+        Of the slab's top edge below the ground (m), ``>= 0``.
+    thickness, strike_length, dip_extent
+        Of the slab (m), each ``> 0``.
+    height
+        Of the receivers above the ground (m), ``> 0``.
 
     Returns
     -------
     MagneticProblem
+
+    Raises
+    ------
+    ValueError
+        An unknown size, or a geometry outside the ranges above (or one that holds no cell).
     """
     if size not in SIZES:
         raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
+    _check_geometry(dip=dip, depth=depth, thickness=thickness, strike_length=strike_length,
+                    dip_extent=dip_extent, height=height)
     n_side, h = SIZES[size]
     north = np.linspace(-120.0, 120.0, n_side)
     east = np.linspace(-120.0, 120.0, n_side)
     gx, gy = np.meshgrid(north, east, indexing="ij")
-    receivers = np.column_stack([gx.ravel(), gy.ravel(), np.full(gx.size, -1.0)])
+    receivers = np.column_stack([gx.ravel(), gy.ravel(), np.full(gx.size, -height)])
 
-    top, thickness, strike, extent, dip = 3.0, 30.0, 160.0, 100.0, math.radians(50.0)
+    top, strike, extent, dip = depth, strike_length, dip_extent, math.radians(dip)
     # Along-dip unit vector (down and north) and the slab normal.
     along = np.array([math.cos(dip), 0.0, math.sin(dip)])
     normal = np.array([-math.sin(dip), 0.0, math.cos(dip)])
@@ -422,6 +451,12 @@ def make_problem(
     inside = (s_along >= 0) & (s_along <= extent) & (s_normal >= 0) & (s_normal <= thickness)
     inside &= centres[:, 2] >= top + h / 2
     cells = np.ascontiguousarray(centres[inside])
+    if len(cells) == 0:
+        raise ValueError(
+            f"the slab holds no cell of {h:g} m: thickness={thickness:g} m, "
+            f"strike_length={strike_length:g} m, dip_extent={dip_extent:g} m; make it larger "
+            "than the cells, or choose a larger --size"
+        )
 
     direction = field_direction(inclination, declination)
     moments = induced_moments(h**3, susceptibility, field_nt, direction) * np.ones((len(cells), 1))
@@ -429,6 +464,21 @@ def make_problem(
     y0, y1 = cells[:, 1].min() - h / 2, cells[:, 1].max() + h / 2
     outline = np.array([[x0, y0], [x0, y1], [x1, y1], [x1, y0], [x0, y0]])
     return MagneticProblem(north, east, receivers, cells, moments, h, direction, outline)
+
+
+def _check_geometry(**values: float) -> None:
+    limits: dict[str, tuple[Callable[[float], bool], str]] = {
+        "dip": (lambda v: 0 < v <= 90, "0 < dip <= 90 (degrees)"),
+        "depth": (lambda v: v >= 0, "depth >= 0 (m)"),
+        "thickness": (lambda v: v > 0, "thickness > 0 (m)"),
+        "strike_length": (lambda v: v > 0, "strike_length > 0 (m)"),
+        "dip_extent": (lambda v: v > 0, "dip_extent > 0 (m)"),
+        "height": (lambda v: v > 0, "height > 0 (m): receivers above the ground"),
+    }
+    for name, value in values.items():
+        ok, rule = limits[name]
+        if not (math.isfinite(value) and ok(value)):
+            raise ValueError(f"{name} must satisfy {rule}, got {value!r}; pass a value in range")
 
 
 # ------------------------------------------------------------------------------ the run
@@ -572,6 +622,8 @@ def run_demo(
     *,
     file: TextIO | None = None,
     progress: bool = True,
+    model: Mapping[str, float] | None = None,
+    save: str | Path | None = None,
 ) -> DemoResult:
     """Compute the demo's anomaly in parallel and serially, compare, time, and map it.
 
@@ -593,22 +645,38 @@ def run_demo(
         Where the report goes (default ``sys.stdout``); the progress bar goes to ``sys.stderr``.
     progress
         Show the progress bar fed by the workers.
+    model
+        Keyword arguments of :func:`make_problem` besides ``size``: ``inclination``,
+        ``declination``, ``field_nt``, ``susceptibility``, ``dip``, ``depth``, ``thickness``,
+        ``strike_length``, ``dip_extent``, ``height``.
+    save
+        Also write the grid: ``.npz`` (arrays ``north``, ``east``, ``anomaly``), or ``.nc``
+        (NetCDF through xarray, with ``northing`` and ``easting`` coordinates).
 
     Returns
     -------
     DemoResult
+
+    Raises
+    ------
+    ValueError
+        A bad option, or ``save`` with another extension.
+    ImportError
+        ``save`` ending in ``.nc`` without xarray.
     """
     stream = file if file is not None else sys.stdout
 
     def say(text: str) -> None:
         print(text, file=stream, flush=True)
 
-    problem = make_problem(size)
+    save_path = _check_save(save)
+    problem = make_problem(size, **dict(model or {}))
     n_rec, n_cells = len(problem.receivers), len(problem.cells)
     say(
         f"mepa demo: total-field magnetic anomaly of a dipping slab ({size})\n"
         f"  {n_rec} receivers x {n_cells} dipole cells of {problem.cell_size:g} m, "
-        f"adaptive refinement near the body"
+        f"adaptive refinement near the body\n"
+        f"  {_accel_line()}"
     )
 
     t0 = time.perf_counter()
@@ -626,6 +694,7 @@ def run_demo(
         )
         task_cpu: list[float] = []
         cpu_event = executor.register(task_cpu.append)
+        host_cpu = time.process_time()
         alloc = executor.arrange(problem.receivers, shuffle=True)
         cells, moments = executor.scatter(problem.cells), executor.scatter(problem.moments)
         futures = executor.distribute(
@@ -635,6 +704,8 @@ def run_demo(
         # gather returns once every event the tasks fired has been dispatched: task_cpu is full.
         parallel = alloc.reassemble(executor.gather(futures))
         parallel_s = time.perf_counter() - t0
+        host_cpu = time.process_time() - host_cpu
+        load = _load_average()
         if bar is not None:
             bar.close()
 
@@ -657,19 +728,145 @@ def run_demo(
         f"  CPU time: {worker_cpu:.2f} s in the workers ({busy:.0%} of {n} x the parallel "
         f"wall time), {serial_cpu:.2f} s serially"
     )
-    if executor_kind != "linear" and busy < 0.75:
-        if parallel_s < 1.0:
-            say(
-                "  note: at this size sending the work and the results costs about as much as "
-                "computing them; a larger --size shows the speed-up"
-            )
-        else:
-            say(
-                "  note: the workers were running less than 3/4 of the time, so other "
-                "programs were probably sharing the cores; the speed-up reflects that"
-            )
+    threads_cores = host_cpu / parallel_s if executor_kind == "thread" and parallel_s > 0 else None
+    note = busy_note(
+        executor_kind, n, busy, parallel_s, load=load, cores=os.cpu_count() or 1,
+        thread_cores=threads_cores,
+    )
+    if note:
+        say(f"  note: {note}")
     image = _plot(problem, anomaly, Path(out), say) if plot else None
+    if save_path is not None:
+        _save(problem, anomaly, save_path)
+        say(f"  grid written to {save_path}")
     return DemoResult(anomaly, error, parallel_s, serial_s, startup, n, image, worker_cpu)
+
+
+def busy_note(
+    kind: str, n_workers: int, busy: float, parallel_seconds: float, *, load: float | None,
+    cores: int, thread_cores: float | None = None,
+) -> str | None:
+    """Why the workers were busy less than 3/4 of the parallel run, or ``None`` if they were not.
+
+    Two causes look alike from the workers' CPU time: **other programs** on the machine, which
+    show in the load average (runnable tasks, averaged over a minute) beyond the demo's own
+    workers; and, on the thread executor, **the GIL**: threads that hold it take turns, so the
+    process used about one core however many threads it ran (``thread_cores``, the process's CPU
+    time over the wall time), while the load average stays low (a thread waiting for the GIL
+    sleeps).
+
+    Parameters
+    ----------
+    kind
+        The executor kind.
+    n_workers
+        Its workers.
+    busy
+        The workers' CPU time over ``n_workers`` times the parallel wall time.
+    parallel_seconds
+        The parallel wall time.
+    load
+        The 1-minute load average after the run (``None`` where the system does not say).
+    cores
+        Logical cores of the machine.
+    thread_cores
+        For the thread executor: the process's CPU seconds per wall second during the run.
+
+    Examples
+    --------
+    >>> busy_note("thread", 2, 0.5, 10.0, load=1.1, cores=2, thread_cores=1.0)[:33]
+    'the 2 threads used 1.0 cores, not'
+    >>> busy_note("process", 2, 0.45, 10.0, load=4.2, cores=2)[:45]
+    'the workers ran 45% of the time while the loa'
+    >>> busy_note("process", 2, 0.9, 10.0, load=2.0, cores=2) is None
+    True
+    """
+    if kind == "linear" or busy >= 0.75:
+        return None
+    if parallel_seconds < 1.0:
+        return (
+            "at this size sending the work and the results costs about as much as computing "
+            "them; a larger --size shows the speed-up"
+        )
+    ours = n_workers * busy
+    others = None if load is None else max(0.0, load - ours)
+    crowded = others is not None and others >= 0.5 * min(cores, n_workers)
+    gil = kind == "thread" and thread_cores is not None and thread_cores < 0.6 * n_workers
+    notes = []
+    if gil:
+        notes.append(
+            f"the {n_workers} threads used {thread_cores:.1f} cores, not {n_workers}: they held "
+            "the GIL (Python code, or NumPy calls on small arrays) and took turns; the process "
+            "executor runs such code at once (see the map_array guide: when threads scale)"
+        )
+    if crowded:
+        assert load is not None
+        notes.append(
+            f"the workers ran {busy:.0%} of the time while the load average was {load:.1f} on "
+            f"{cores} cores: other programs were sharing the cores, and the speed-up reflects "
+            "that"
+        )
+    if not notes:
+        notes.append(
+            f"the workers ran {busy:.0%} of the time, with no sign of other programs "
+            f"(load average {'unknown' if load is None else f'{load:.1f}'}): they waited for "
+            "work or data"
+        )
+    return "; ".join(notes)
+
+
+def _load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):  # not on this system
+        return None
+
+
+def _accel_line() -> str:
+    from ._accel import describe, source_checkout
+
+    return describe(checkout=source_checkout())
+
+
+def _check_save(save: str | Path | None) -> Path | None:
+    if save is None:
+        return None
+    path = Path(save)
+    if path.suffix not in (".npz", ".nc"):
+        raise ValueError(
+            f"save must end in .npz or .nc, got {str(save)!r}; e.g. --save grid.npz, or "
+            "--save grid.nc for NetCDF (needs xarray)"
+        )
+    if path.suffix == ".nc":
+        try:
+            import xarray  # noqa: F401
+        except ImportError as exc:
+            raise ImportError(
+                f"saving {str(save)!r} as NetCDF needs xarray ({exc}); pip install xarray "
+                "netcdf4, or save as .npz"
+            ) from exc
+    return path
+
+
+def _save(problem: MagneticProblem, anomaly: NDArray[np.float64], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".npz":
+        np.savez(path, north=problem.north, east=problem.east, anomaly=anomaly)
+        return
+    import xarray
+
+    grid = xarray.DataArray(
+        anomaly,
+        coords={"northing": problem.north, "easting": problem.east},
+        dims=("northing", "easting"),
+        name="total_field_anomaly",
+        attrs={
+            "units": "nT",
+            "long_name": "total-field magnetic anomaly",
+            "coordinates_note": "northing and easting in m; the data are x north, y east, z down",
+        },
+    )
+    grid.to_netcdf(path)
 
 
 def _ready() -> bool:
@@ -681,15 +878,16 @@ def _plot(
     say: Callable[[str], None],
 ) -> Path | None:
     try:
-        from matplotlib.colors import TwoSlopeNorm
+        from matplotlib.colors import Normalize
         from matplotlib.figure import Figure
     except ImportError:
         say("  matplotlib is not installed: no map written (pip install 'mepa[plot]')")
         return None
     fig = Figure(figsize=(6.4, 5.2), layout="constrained")
     ax = fig.add_subplot()
-    low, high = float(anomaly.min()), float(anomaly.max())
-    norm = TwoSlopeNorm(vcenter=0.0, vmin=min(low, -1e-9), vmax=max(high, 1e-9))
+    # One linear scale, symmetric about zero: the negative lobe shows at its true size.
+    limit = max(float(np.abs(anomaly).max()), 1e-9)
+    norm = Normalize(vmin=-limit, vmax=limit)
     mesh = ax.pcolormesh(
         problem.east, problem.north, anomaly, cmap="RdBu_r", norm=norm, shading="auto"
     )

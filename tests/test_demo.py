@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import doctest
+import importlib.util
 import io
 import math
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ import pytest
 import mepa._demo
 from mepa._demo import (
     MU0,
+    busy_note,
     field_direction,
     forward,
     induced_moments,
@@ -199,3 +202,116 @@ def test_missing_dask_executor_is_an_import_error(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setitem(sys.modules, "mepa._executors._dask", None)
     with pytest.raises(ImportError, match="the dask executor is not available"):
         make_executor("dask")
+
+
+# ------------------------------------------------------------------------------ options
+
+
+def test_model_options_reach_the_problem() -> None:
+    base = make_problem("small")
+    high = make_problem("small", height=5.0)
+    assert np.all(high.receivers[:, 2] == -5.0)
+    assert np.all(base.receivers[:, 2] == -1.0)
+    steep = make_problem("small", dip=90.0, thickness=20.0)
+    # a vertical slab: every cell lies within the slab's 20 m across north
+    assert np.ptp(steep.cells[:, 0]) < np.ptp(base.cells[:, 0])
+    weak = make_problem("small", susceptibility=0.01, field_nt=25_000.0)
+    assert np.allclose(weak.moments, base.moments / 10)
+    turned = make_problem("small", inclination=90.0, declination=0.0)
+    assert np.allclose(turned.direction, [0.0, 0.0, 1.0])
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "rule"),
+    [
+        ("dip", 0.0, "0 < dip <= 90"),
+        ("dip", 120.0, "0 < dip <= 90"),
+        ("height", 0.0, "height > 0"),
+        ("depth", -1.0, "depth >= 0"),
+        ("thickness", math.nan, "thickness > 0"),
+        ("strike_length", -5.0, "strike_length > 0"),
+    ],
+)
+def test_bad_geometry_is_rejected_with_the_rule(option: str, value: float, rule: str) -> None:
+    with pytest.raises(ValueError, match=rf"{option} must satisfy {rule}.*got {value!r}"):
+        make_problem("small", **{option: value})
+
+
+def test_a_slab_smaller_than_a_cell_is_rejected() -> None:
+    with pytest.raises(ValueError, match="the slab holds no cell of 10 m"):
+        make_problem("small", thickness=1.0, strike_length=1.0)
+
+
+def test_save_npz_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "grid.npz"
+    result = run_demo("linear", 1, "small", plot=False, file=io.StringIO(), progress=False,
+                      save=path, model={"height": 2.0})
+    grid = np.load(path)
+    assert np.array_equal(grid["anomaly"], result.anomaly)
+    problem = make_problem("small", height=2.0)
+    assert np.array_equal(grid["north"], problem.north)
+    assert np.array_equal(grid["east"], problem.east)
+
+
+def test_save_netcdf_through_xarray(tmp_path: Path) -> None:
+    xarray = pytest.importorskip("xarray")
+    pytest.importorskip("scipy")  # xarray's NetCDF3 writer when netCDF4 is missing
+    path = tmp_path / "grid.nc"
+    result = run_demo("linear", 1, "small", plot=False, file=io.StringIO(), progress=False,
+                      save=path)
+    with xarray.open_dataarray(path) as grid:
+        assert grid.dims == ("northing", "easting")
+        assert grid.attrs["units"] == "nT"
+        assert np.array_equal(grid.values, result.anomaly)
+
+
+def test_save_needs_a_known_extension(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"save must end in \.npz or \.nc, got '.*grid\.csv'"):
+        run_demo("linear", 1, "small", plot=False, file=io.StringIO(), progress=False,
+                 save=tmp_path / "grid.csv")
+
+
+# ------------------------------------------------------------------------------ messages
+
+
+def test_gil_bound_threads_are_told_apart_from_other_programs() -> None:
+    # threads that took turns: the process used one core, and nothing else ran
+    gil = busy_note("thread", 2, 0.5, 10.0, load=1.0, cores=2, thread_cores=1.0)
+    assert gil is not None
+    assert "held the GIL" in gil
+    assert "other programs" not in gil
+    # workers that ran half the time while the machine was crowded
+    crowded = busy_note("process", 2, 0.5, 10.0, load=6.0, cores=2)
+    assert crowded is not None
+    assert "other programs" in crowded
+    assert "load average was 6.0 on 2 cores" in crowded
+    assert "GIL" not in crowded
+    # both at once: both are said
+    both = busy_note("thread", 2, 0.5, 10.0, load=5.0, cores=2, thread_cores=1.0)
+    assert both is not None
+    assert "GIL" in both
+    assert "other programs" in both
+    # busy workers, the linear executor, and small runs
+    assert busy_note("thread", 2, 0.9, 10.0, load=9.0, cores=2, thread_cores=1.8) is None
+    assert busy_note("linear", 1, 0.1, 10.0, load=9.0, cores=2) is None
+    small = busy_note("process", 2, 0.2, 0.3, load=0.5, cores=2)
+    assert small is not None
+    assert "larger --size" in small
+
+
+def test_numpy_calls_of_the_kernel_are_big_enough_to_release_the_gil_most_of_the_time() -> None:
+    # forward() sizes its blocks so that temporaries of 8 float64 per pair fit block_bytes:
+    # at the default size (7,520 cells) each NumPy call covers this many receiver-cell pairs.
+    cells = len(make_problem("default").cells)
+    rows = mepa._demo._DEFAULT_BLOCK_BYTES // (8 * 8 * cells)
+    assert rows * cells >= 100_000
+
+
+def test_the_demo_says_whether_the_c_accelerators_are_active() -> None:
+    out = io.StringIO()
+    run_demo("linear", 1, "small", plot=False, file=out, progress=False)
+    line = next(t for t in out.getvalue().splitlines() if "C accelerators" in t)
+    active = all(
+        importlib.util.find_spec(f"mepa.{name}") is not None for name in ("_tally", "_inplace")
+    )
+    assert ("active" in line) == active
