@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import math
 import os
 import platform
 import sys
@@ -52,6 +53,33 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
     return value
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+# flag, keyword of mepa._demo.make_problem, default, unit, help
+_MODEL_OPTIONS: tuple[tuple[str, str, float, str, str], ...] = (
+    ("--inclination", "inclination", 60.0, "DEG",
+     "inclination of the inducing field, degrees below the horizontal"),
+    ("--declination", "declination", 10.0, "DEG",
+     "declination of the inducing field, degrees east of north"),
+    ("--field", "field_nt", 50_000.0, "NT", "strength of the inducing field, nT"),
+    ("--susceptibility", "susceptibility", 0.05, "SI", "volume susceptibility of the slab"),
+    ("--dip", "dip", 50.0, "DEG", "dip of the slab towards north, 0 < dip <= 90"),
+    ("--depth", "depth", 3.0, "M", "depth of the slab's top edge, m"),
+    ("--thickness", "thickness", 30.0, "M", "thickness of the slab, m"),
+    ("--strike-length", "strike_length", 160.0, "M", "length of the slab along east, m"),
+    ("--dip-extent", "dip_extent", 100.0, "M", "extent of the slab down dip, m"),
+    ("--height", "height", 1.0, "M", "height of the receivers above the ground, m"),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,6 +129,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to write the map (default: %(default)s)",
     )
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    demo.add_argument(
+        "--save", default=None, metavar="PATH",
+        help="also write the grid: PATH.npz (north, east, anomaly) or PATH.nc (NetCDF, needs "
+             "xarray)",
+    )
+    model = demo.add_argument_group(
+        "model", "the field, the slab and the survey (x north, y east, z down; see the docs "
+        "page 'The demo's model')",
+    )
+    for flag, key, default, unit, what in _MODEL_OPTIONS:
+        model.add_argument(
+            flag, dest=key, type=_finite_float, default=default, metavar=unit,
+            help=f"{what} (default: %(default)s)",
+        )
 
     commands.add_parser(
         "info",
@@ -166,9 +208,10 @@ def _demo(args: argparse.Namespace, out: TextIO) -> int:
         )
     if kind == "dask":
         _require_dask()
+    model = {key: getattr(args, key) for _, key, _, _, _ in _MODEL_OPTIONS}
     result = run_demo(
         kind, args.workers, args.size, args.address, plot=not args.no_plot, out=args.out,
-        file=out, progress=not args.no_progress,
+        file=out, progress=not args.no_progress, model=model, save=args.save,
     )
     if not result.max_relative_error <= DEMO_TOLERANCE:
         raise RuntimeError(
@@ -206,6 +249,12 @@ def _info(out: TextIO) -> int:
         file=out,
     )
     print(f"  cores: {cores} physical, {os.cpu_count()} logical", file=out)
+    print(f"  {_accelerators()}", file=out)
+    print(
+        "  threads per worker: 1 of OpenMP, BLAS, numexpr and numba (inner_threads=1; "
+        f"numba {_version('numba') if _installed('numba') else 'not installed'})",
+        file=out,
+    )
     print("executors (default workers: one per physical core):", file=out)
     for name, factory in (("linear", LinearExecutor), ("thread", ThreadExecutor)):
         with factory() as executor:
@@ -237,6 +286,20 @@ def _info(out: TextIO) -> int:
     except ImportError:
         print("plotting: matplotlib missing (demo maps off; pip install 'mepa[plot]')", file=out)
     return EXIT_OK
+
+
+def _accelerators() -> str:
+    from ._accel import describe, source_checkout
+
+    return describe(checkout=source_checkout())
+
+
+def _installed(dist: str) -> bool:
+    try:
+        importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 def _workers(workers: Sequence[object]) -> str:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import mepa
@@ -55,6 +56,8 @@ def test_demo_writes_the_map_where_asked(
         (["demo", "--size", "huge"], "argument --size: invalid choice: 'huge'"),
         (["demo", "--workers", "0"], "argument --workers: must be a positive integer, got 0"),
         (["demo", "--workers", "two"], "must be a positive integer, got 'two'"),
+        (["demo", "--dip", "steep"], "argument --dip: must be a number, got 'steep'"),
+        (["demo", "--height", "inf"], "argument --height: must be a finite number, got 'inf'"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
         ([], "the following arguments are required: COMMAND"),
     ],
@@ -142,3 +145,40 @@ def test_python_dash_m_mepa() -> None:
     )
     assert done.returncode == 2
     assert "unrecognized arguments: --nope" in done.stderr
+
+
+def test_info_says_whether_the_c_accelerators_are_active(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from mepa._accel import accelerators
+
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    line = next(t for t in out.splitlines() if "C accelerators" in t)
+    assert ("active" in line) == all(a.active for a in accelerators())
+    assert "threads per worker: 1 of OpenMP, BLAS, numexpr and numba" in out
+
+
+def test_demo_model_options_and_save(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    grid = tmp_path / "grid.npz"
+    argv = ["demo", "--size", "small", "--executor", "linear", "--no-plot", "--no-progress",
+            "--inclination", "75", "--declination", "-5", "--field", "48000",
+            "--susceptibility", "0.02", "--dip", "70", "--depth", "5", "--thickness", "20",
+            "--strike-length", "120", "--dip-extent", "80", "--height", "2",
+            "--save", str(grid)]
+    assert main(argv) == 0
+    assert f"grid written to {grid}" in capsys.readouterr().out
+    expected = mepa._demo.make_problem(
+        "small", inclination=75.0, declination=-5.0, field_nt=48_000.0, susceptibility=0.02,
+        dip=70.0, depth=5.0, thickness=20.0, strike_length=120.0, dip_extent=80.0, height=2.0,
+    ).forward()
+    saved = np.load(grid)
+    assert np.allclose(saved["anomaly"].ravel(), expected, rtol=1e-12)
+
+
+def test_demo_bad_geometry_is_one_clean_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--size", "small", "--executor", "linear", "--no-plot",
+                 "--no-progress", "--dip", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "mepa: error: dip must satisfy 0 < dip <= 90 (degrees), got 0.0" in err
+    assert "--traceback" not in err
