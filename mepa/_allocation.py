@@ -411,6 +411,8 @@ class ChunkSelection:
         numpy.ndarray
             ``out`` if given; else, unshuffled, a view of ``source``; shuffled, a new array.
         """
+        if isinstance(source, np.ma.MaskedArray):
+            return self._take_masked(source, out)
         src = np.asarray(source)
         self._check_source(src, "source")
         shape = (self._size, *src.shape[1:])
@@ -445,6 +447,29 @@ class ChunkSelection:
                 dst2d = result[pos : pos + (hi - lo) * b].reshape(hi - lo, width)
                 np.take(src2d, self._blocks[lo:hi], axis=0, out=dst2d, mode="clip")
         return result
+
+    def _take_masked(
+        self, source: np.ma.MaskedArray[Any, Any], out: NDArray[Any] | None
+    ) -> np.ma.MaskedArray[Any, Any]:
+        """:meth:`take` of a masked array: its data and its mask, the same rows of each."""
+        if out is not None and not isinstance(out, np.ma.MaskedArray):
+            raise AllocationError(
+                f"out must be a numpy.ma.MaskedArray to take rows of a masked array, got "
+                f"{type(out).__name__}; allocate it with np.ma.empty, or pass out=None"
+            )
+        data = self.take(source.data, None if out is None else out.data)
+        mask = np.ma.getmask(source)
+        if mask is np.ma.nomask:
+            chunk_mask: Any = np.ma.nomask
+        else:
+            chunk_mask = self.take(mask, None if out is None else np.ma.getmaskarray(out))
+        if out is not None:
+            out.mask = chunk_mask
+            return out
+        # Unshuffled, data and mask are views: the chunk shares both, as a slice would.
+        return np.ma.MaskedArray(
+            data, mask=chunk_mask, fill_value=source.fill_value, keep_mask=False, copy=False
+        )
 
     def put(self, dest: NDArray[Any], values: ArrayLike) -> None:
         """Write ``values``, one row per selected row in chunk order, to their rows of ``dest``.
@@ -839,6 +864,16 @@ class Allocation:
         return unflatten(spec, out)
 
     def _reassemble_leaf(self, leaves: list[Any], path: str, reverse_shuffle: bool) -> Any:
+        masked = [leaf for leaf in leaves if isinstance(leaf, np.ma.MaskedArray)]
+        if masked:  # the data and the mask, each reassembled as any array
+            data = self._reassemble_leaf([np.ma.getdata(x) for x in leaves], path, reverse_shuffle)
+            mask = self._reassemble_leaf(
+                [np.ma.getmaskarray(np.asanyarray(x)) for x in leaves], path, reverse_shuffle
+            )
+            joined = np.ma.MaskedArray(data, mask=mask, keep_mask=False, copy=False)
+            if masked[0].dtype == joined.dtype:
+                joined.fill_value = masked[0].fill_value
+            return joined
         pieces = [np.asarray(leaf) for leaf in leaves]
         if not reverse_shuffle:
             pieces = [p.reshape(1) if p.ndim == 0 else p for p in pieces]
@@ -911,7 +946,8 @@ def _as_arrays(arrays: Sequence[Any]) -> tuple[NDArray[Any], ...]:
     out = []
     for i, data in enumerate(arrays):
         try:
-            arr = np.asarray(data)
+            # A masked array stays one: its chunks and reassembled results keep the mask.
+            arr = data if isinstance(data, np.ma.MaskedArray) else np.asarray(data)
         except (ValueError, TypeError) as exc:
             raise AllocationError(
                 f"data must be array-like, got {type(data).__name__} that NumPy cannot convert "

@@ -639,6 +639,18 @@ class AnonymousEvent(NamedTuple):
     number: int
 
 
+class AliasEvent(NamedTuple):
+    """What another process fires for an event key that does not survive pickling.
+
+    A key that compares by identity (``object()``, an instance without ``__eq__``, NaN)
+    would arrive as a new object equal to nothing the hub knows; contexts pickled by the hub
+    carry this stand-in instead (see :meth:`EventHub.wire_event`).
+    """
+
+    hub_id: str
+    number: int
+
+
 class EventContext:
     """Handle a task fires events through; small and picklable (pickle and cloudpickle).
 
@@ -674,8 +686,10 @@ class EventContext:
 
     def __reduce__(self) -> tuple[Any, ...]:
         hub = _LOCAL_HUBS.get(self._hub_id)
-        channel = hub.remote_channel() if hub is not None else self._channel
-        return (_rebuild_context, (self._hub_id, self.event, channel))
+        if hub is None:
+            return (_rebuild_context, (self._hub_id, self.event, self._channel))
+        event = hub.wire_event(self.event)
+        return (_rebuild_context, (self._hub_id, event, hub.remote_channel()))
 
     @property
     def hub_id(self) -> str:
@@ -717,6 +731,17 @@ class EventContext:
             self._append = self._buffer.append
         else:
             logger.debug("%r: the hub is closed or unreachable; dropping its events", self)
+
+
+def _survives_pickling(event: Hashable) -> bool:
+    """Whether a pickled copy of ``event`` is equal to it, with the same hash."""
+    if type(event) in (str, int, bytes, AnonymousEvent):
+        return True
+    try:
+        copy = pickle.loads(pickle.dumps(event))
+        return bool(copy == event) and hash(copy) == hash(event)
+    except Exception:  # noqa: BLE001 - unpicklable or odd comparisons: send an alias
+        return False
 
 
 def _discard(item: _Event) -> None:
@@ -930,6 +955,9 @@ class EventHub:
             _Unpicklable: (_report_unpicklable,)
         }
         self._anonymous = itertools.count(1)
+        self._wire: dict[Hashable, Hashable] = {}  # event key -> what other processes send
+        self._aliases: dict[AliasEvent, Hashable] = {}  # and back
+        self._alias_numbers = itertools.count(1)
         self._lock = threading.Lock()  # registrations, lifecycle, progress of sources, waiters
         self._closed = False  # no new registrations, marks or waiters
         self._stopped = False  # closed, and what the transports received is queued
@@ -1039,6 +1067,35 @@ class EventHub:
             else:
                 del self._callbacks[event]
             return True
+
+    def wire_event(self, event: Hashable) -> Hashable:
+        """What a context pickled for another process sends for ``event``.
+
+        The key itself when a pickled copy of it equals it (strings, numbers, tuples of
+        them...); else an :class:`AliasEvent` the dispatcher maps back to the key, so that
+        keys comparing by identity reach their callbacks from worker processes as they do
+        from threads.
+        """
+        try:
+            return self._wire[event]
+        except KeyError:
+            pass
+        wire = event if _survives_pickling(event) else AliasEvent(
+            self.hub_id, next(self._alias_numbers)
+        )
+        with self._lock:
+            wire = self._wire.setdefault(event, wire)
+            if isinstance(wire, AliasEvent):
+                self._aliases[wire] = event
+        return wire
+
+    def _callbacks_of(self, event: Hashable) -> tuple[Callback, ...]:
+        """The callbacks of ``event``, looked up again when it is an alias of a key."""
+        callbacks = self._callbacks.get(event, ())
+        if not callbacks and type(event) is AliasEvent:
+            key = self._aliases.get(event, _NO_EVENT)
+            callbacks = self._callbacks.get(key, ())
+        return callbacks
 
     def context(self, event: Hashable) -> EventContext:
         """A context that fires ``event`` (callbacks may be registered later).
@@ -1301,7 +1358,7 @@ class EventHub:
                 self._dispatch(general)
                 general = []
             event, values = item
-            callbacks = self._callbacks.get(event, ())
+            callbacks = self._callbacks_of(event)
             if len(callbacks) == 1:
                 single = callbacks[0]
                 for value in values:
@@ -1315,13 +1372,13 @@ class EventHub:
             self._dispatch(general)
 
     def _dispatch(self, events: Iterable[_Event]) -> None:
-        get_callbacks = self._callbacks.get
+        get_callbacks = self._callbacks_of
         last: object = _NO_EVENT
         callbacks: tuple[Callback, ...] = ()
         single: Callback | None = None
         for event, args, kwargs in events:
             if event is not last:  # batches hold runs of one event: look it up once per run
-                callbacks = get_callbacks(event, ())
+                callbacks = get_callbacks(event)
                 single = callbacks[0] if len(callbacks) == 1 else None
                 last = event
             if single is not None and kwargs is None:  # the common case, kept short

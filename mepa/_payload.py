@@ -16,6 +16,7 @@ import io
 import pickle
 import sys
 import threading
+import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -148,17 +149,19 @@ class SharedResult:
     """A task's result pickled by :func:`dumps_result`: opaque bytes for the engine.
 
     ``held`` says that an array of the worker still uses the result slot it was offered
-    (the user's code kept it): the host must not hand that segment out again.
+    (the user's code kept it), ``kept`` names the input segments the task's code still holds
+    views of: the host must not hand those segments out again.
     """
 
-    __slots__ = ("held", "payload")
+    __slots__ = ("held", "kept", "payload")
 
-    def __init__(self, payload: bytes, held: bool = False) -> None:
+    def __init__(self, payload: bytes, held: bool = False, kept: tuple[str, ...] = ()) -> None:
         self.payload = payload
         self.held = held
+        self.kept = kept
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (SharedResult, (self.payload, self.held))
+        return (SharedResult, (self.payload, self.held, self.kept))
 
 
 # -- results allocated in place ------------------------------------------------------------------
@@ -174,45 +177,75 @@ class SharedResult:
 REGION_HELD = "_mepa_region_held"
 
 
+#: Attribute of the exception of a task whose code kept views of its inputs (see SharedResult).
+INPUTS_KEPT = "_mepa_inputs_kept"
+
+
 def run_payload(
     payload: bytes, prefix: str, threshold: int, slot: SegmentRef | None = None
 ) -> SharedResult:
     """The loky task for a payload of :func:`dumps_shared` holding ``(fn, args, kwargs)``.
 
     ``slot`` is where the host wants the result's (first) big array: a region of a shared
-    output buffer.
+    output buffer. The result says which input segments the task's code kept
+    (:func:`~mepa._shm.kept_inputs`), so that the host never hands them out again.
     """
     try:
-        fn, args, kwargs = loads_shared(payload)
-        region = _result_region(slot)
-        if region is None:
-            result = fn(*args, **kwargs)
-            del fn, args, kwargs
-            return SharedResult(dumps_result(result, prefix, threshold, slot))
-        assert slot is not None
-        prepare = getattr(fn, "prepare", None)
-        if prepare is not None:  # take the chunks first: they must not get the region
-            fn, args, kwargs = prepare(args, kwargs)
-        region.enter()
-        try:
-            result = fn(*args, **kwargs)
-        except BaseException as exc:
-            region.exit()
-            del fn, args, kwargs
-            if region.taken:  # possibly by an array of the traceback's frames: play safe
-                exc.__dict__[REGION_HELD] = True
-            raise
-        region.exit()
-        del fn, args, kwargs
-        if not region.taken:  # the result was made elsewhere: copy it into the slot
-            return SharedResult(dumps_result(result, prefix, threshold, slot))
-        box = [result]
-        del result
-        return _settle(box, region, slot, prefix, threshold)
+        outcome = _run_payload(payload, prefix, threshold, slot)
+    except BaseException as exc:
+        kept = _kept_inputs(exc)
+        if kept:
+            exc.__dict__[INPUTS_KEPT] = kept
+        raise
+    else:
+        outcome.kept = _kept_inputs(None)
+        return outcome
     finally:
         shm = sys.modules.get("mepa._shm")
         if shm is not None:  # arrays were mapped: keep the worker's mapping cache bounded
             shm.trim_attached(shm.WORKER_CACHE_BYTES)
+
+
+def _kept_inputs(exc: BaseException | None) -> tuple[str, ...]:
+    """Input segments still in use now that the task is over (its frames cleared)."""
+    shm = sys.modules.get("mepa._shm")
+    if shm is None:  # no array was mapped
+        return ()
+    if exc is not None:  # the traceback's frames hold the task's locals: they are not kept
+        traceback.clear_frames(exc.__traceback__)
+    kept: tuple[str, ...] = shm.kept_inputs()
+    return kept
+
+
+def _run_payload(
+    payload: bytes, prefix: str, threshold: int, slot: SegmentRef | None
+) -> SharedResult:
+    fn, args, kwargs = loads_shared(payload)
+    region = _result_region(slot)
+    if region is None:
+        result = fn(*args, **kwargs)
+        del fn, args, kwargs
+        return SharedResult(dumps_result(result, prefix, threshold, slot))
+    assert slot is not None
+    prepare = getattr(fn, "prepare", None)
+    if prepare is not None:  # take the chunks first: they must not get the region
+        fn, args, kwargs = prepare(args, kwargs)
+    region.enter()
+    try:
+        result = fn(*args, **kwargs)
+    except BaseException as exc:
+        region.exit()
+        del fn, args, kwargs
+        if region.taken:  # possibly by an array of the traceback's frames: play safe
+            exc.__dict__[REGION_HELD] = True
+        raise
+    region.exit()
+    del fn, args, kwargs
+    if not region.taken:  # the result was made elsewhere: copy it into the slot
+        return SharedResult(dumps_result(result, prefix, threshold, slot))
+    box = [result]
+    del result
+    return _settle(box, region, slot, prefix, threshold)
 
 
 def _result_region(slot: SegmentRef | None) -> Any:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 if TYPE_CHECKING:
     from ._inplace import Region
 
@@ -25,7 +27,10 @@ def region_over(buffer: Any) -> Region | None:
     """A region handler over ``buffer`` (writable, C-contiguous), or ``None`` if unavailable.
 
     ``None`` also for an empty buffer (an empty chunk's region: nothing to allocate there).
+    An array of any dtype is taken as its bytes (the buffer protocol refuses datetimes).
     """
+    if isinstance(buffer, np.ndarray):
+        buffer = buffer.reshape(-1).view(np.uint8)
     if not memoryview(buffer).nbytes:
         return None
     try:

@@ -53,6 +53,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import gc
 import itertools
 import mmap
 import os
@@ -86,6 +87,7 @@ __all__ = [
     "decode_result",
     "encode_args",
     "encode_result",
+    "kept_inputs",
     "list_segments",
     "open_region",
     "run_shared",
@@ -409,11 +411,50 @@ def _open_view(handle: SharedArray) -> NDArray:
     if local is not None:
         return _view(local.base, handle)
     entry = _attach(handle.name)
-    array = _view(entry.base, handle)
+    # Each view gets a base array of its own (NumPy keeps it as the base of every view taken
+    # from this one), so that :func:`kept_inputs` can tell whether the task's code still holds
+    # one (a memo, a module global) once the task is over.
+    buffer = np.frombuffer(entry.mapping, np.uint8)
+    array = _view(buffer, handle)
+    if handle.kind == "pool":
+        _note_opened(handle.name, buffer)
     low, high = _byte_bounds(array)
     start = _address(entry.base)
     _populate(entry.mapping, low - start, high - start)
     return array
+
+
+# Pool segments this worker opened views of, since :func:`kept_inputs` last ran.
+_OPENED: list[tuple[str, weakref.ref[NDArray]]] = []
+_OPENED_PRUNE = 1024
+
+
+def _note_opened(name: str, buffer: NDArray) -> None:
+    with _attach_lock:
+        if len(_OPENED) >= _OPENED_PRUNE:  # nobody asked (not a task of run_payload): prune
+            _OPENED[:] = [item for item in _OPENED if item[1]() is not None]
+        _OPENED.append((name, weakref.ref(buffer)))
+
+
+def kept_inputs() -> tuple[str, ...]:
+    """In the worker, after a task: the host segments its code still holds a view of.
+
+    A host pool hands a segment out again once the task that used it is done, under the same
+    name, and this worker's cached mapping then shows the new data: an input chunk the task
+    kept (in a memo, a module global) would silently become the next call's data. The host
+    retires the segments named here instead (:meth:`SegmentPool.retire`): they are never
+    reused, and the kept arrays stay what they were. This is the rule in-place results follow
+    (see :mod:`mepa._payload`), applied to inputs. Call it once the task's arguments, result
+    and traceback frames are dropped; it forgets the views it reports on.
+    """
+    with _attach_lock:
+        opened = list(_OPENED)
+        _OPENED.clear()
+    if not opened:
+        return ()
+    if any(ref() is not None for _, ref in opened):
+        gc.collect()  # views kept only by reference cycles are not kept
+    return tuple(sorted({name for name, ref in opened if ref() is not None}))
 
 
 def _populate(mapping: mmap.mmap, start: int, stop: int) -> None:

@@ -174,7 +174,12 @@ class _ThreadPlan(DistributePlan):
         first = allocations[0]
         template = first.arrays[0]
         self._regions: list[np.ndarray[Any, Any] | None] = [None] * len(first)
-        if first.shuffled or template.dtype.hasobject or template.ndim == 0:
+        if (
+            first.shuffled
+            or template.dtype.hasobject
+            or template.ndim == 0
+            or isinstance(template, np.ma.MaskedArray)  # results keep their own mask
+        ):
             return
         nbytes = template.nbytes
         if nbytes < _POOLED_OUTPUT_BYTES:

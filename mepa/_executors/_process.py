@@ -40,7 +40,14 @@ import numpy as np
 from .._allocation import Allocation, ChunkSelection, PlacedRows
 from .._errors import SerializationError, WorkerCrashedError
 from .._heap import run_kept, worker_env
-from .._payload import REGION_HELD, SharedResult, dumps_shared, loads_result, run_payload
+from .._payload import (
+    INPUTS_KEPT,
+    REGION_HELD,
+    SharedResult,
+    dumps_shared,
+    loads_result,
+    run_payload,
+)
 from .._rundir import RunDir
 from .._shm import (
     DEFAULT_THRESHOLD,
@@ -208,6 +215,7 @@ class ProcessExecutor(Executor):
         _, output = transport
         if value.held:
             self._retire(output)
+        self._retire_inputs(value.kept)
         return loads_result(value.payload, output)
 
     def _retire(self, output: OutputBuffer | None) -> None:
@@ -215,6 +223,13 @@ class ProcessExecutor(Executor):
         segments = self._segments
         if output is not None and segments is not None:
             segments.retire(output.name)
+
+    def _retire_inputs(self, names: Sequence[str]) -> None:
+        """The task's code kept views of these input segments: never hand them out again."""
+        segments = self._segments
+        if segments is not None:
+            for name in names:
+                segments.retire(name)
 
     def _task_finished(self, future: TaskFuture[Any]) -> None:
         with self._engine_lock:
@@ -230,7 +245,10 @@ class ProcessExecutor(Executor):
     def _plan_distribute(self, allocations: list[Allocation]) -> DistributePlan | None:
         if self._threshold is None:
             return None
-        big = [a for a in allocations if sum(x.nbytes for x in a.arrays) >= self._threshold]
+        big = [
+            a for a in allocations
+            if sum(x.nbytes for x in a.arrays) >= self._threshold and _shareable(a)
+        ]
         if not big:
             return None
         return _SharedPlan(self._pool(), big, self._threshold)
@@ -319,6 +337,7 @@ class ProcessExecutor(Executor):
             return crash
         if exc.__dict__.pop(REGION_HELD, False) and future._transport is not None:
             self._retire(future._transport[1])
+        self._retire_inputs(exc.__dict__.pop(INPUTS_KEPT, ()))
         if _is_pickling_error(exc):
             error = SerializationError(
                 f"the task on {future.describe()} or its result could not be pickled: {exc}; "
@@ -514,6 +533,10 @@ class _SharedPlan(DistributePlan):
         assert self._output is not None
         ordered = OutputBuffer(pool.lease(total))
         placed = PlacedRows(alloc, ordered.owner)
+        # The results gather returns are views of a read-only buffer: they cannot be made
+        # writeable again, so the ordered copy cannot go stale behind reassemble's back.
+        writable: Any = self._output.owner
+        self._output.owner = np.frombuffer(memoryview(writable).toreadonly(), np.uint8)
         placed.watch(self._output.owner)
         token = uuid.uuid4().hex
         _PLACEMENTS[token] = placed
@@ -663,6 +686,17 @@ def _mark_placed(array: Any, token: str, chunk: int) -> Any:
     if placed is not None and isinstance(array, np.ndarray):
         placed.mark(chunk, array)
     return array
+
+
+def _shareable(alloc: Allocation) -> bool:
+    """Whether the workers can take ``alloc``'s chunks from a copy of it in shared memory.
+
+    Arrays of Python objects (``object`` dtype, strings of NumPy's ``StringDType``) cannot
+    live there, and masked arrays would lose their mask: their chunks are pickled instead.
+    """
+    return all(
+        type(array) is np.ndarray and not array.dtype.hasobject for array in alloc.arrays
+    )
 
 
 def _first_exit_code(text: str) -> int | None:
