@@ -15,7 +15,7 @@ strides) is pickled::
                                                  result = fn(*args, **kwargs)
                                                  encode_result: copy large arrays into the
                                                  result slot if they fit, else into new
-                                                 segments named <prefix>-w<pid>-<n>
+                                                 segments named <prefix>-w<pid>-<random>
     decode_result(result, pool, slot)  <-------  handles
       slot      -> view of the pooled segment, back to the pool when the arrays die
       new segs  -> map, unlink the name at once, unmapped when the arrays die
@@ -30,12 +30,18 @@ names that the tracker unlinks and reports as "leaked shared_memory" at shutdown
 ``/dev/shm/<name>`` with :mod:`mmap` is what ``shm_open`` does on Linux, involves no tracker
 at all, and leaves the lifetime of every segment to this module:
 
-* host segments (``<prefix>-h<n>``) belong to a :class:`SegmentPool`; it unlinks them when they
-  are evicted, on :meth:`SegmentPool.close`, at interpreter exit and when the pool is collected;
-* worker segments (``<prefix>-w<pid>-<n>``) are unlinked by the host as soon as it maps them;
-  those a dead worker never delivered are found by name (:meth:`SegmentPool.cleanup_leftovers`);
-* segments of a host that was killed are found by the host pid in their name
-  (:func:`sweep_stale_segments`, run when a pool is created).
+* host segments (``<prefix>-h<random>``) belong to a :class:`SegmentPool`; it unlinks them
+  when they are evicted, on :meth:`SegmentPool.close`, at interpreter exit and when the pool is
+  collected;
+* worker segments (``<prefix>-w<pid>-<random>``) are unlinked by the host as soon as it maps
+  them; those a dead worker never delivered are found by name
+  (:meth:`SegmentPool.cleanup_leftovers`);
+* segments of a host that was killed are found by their prefix, whose lock file
+  (``/dev/shm/.<prefix>.lock``) the host no longer holds (:func:`sweep_stale_segments`, run
+  when a pool is created).
+
+Names end in 64 random bits, never a counter: a local user who could guess the next names could
+pre-create them and make every allocation fail.
 
 Creating a segment costs as much as touching all its pages (about 100 ms for 160 MB, against
 16 ms to copy into one already faulted), so segments are pooled: a freed segment goes back to
@@ -53,15 +59,15 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import fcntl
 import gc
-import itertools
 import mmap
 import os
 import secrets
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -151,6 +157,30 @@ def _create(name: str, size: int) -> mmap.mmap:
         os.close(fd)
 
 
+def _random_suffix() -> str:
+    """64 random bits in hex: segment names another local user cannot guess."""
+    return secrets.token_hex(8)
+
+
+_NAME_ATTEMPTS = 16
+
+
+def _create_unique(head: str, size: int) -> tuple[str, mmap.mmap]:
+    """Create a segment named ``head`` + a random suffix; its name and its mapping.
+
+    Names are random, not counted, so that nobody can pre-create the next one; a name that
+    exists already (a collision, or squatting) is skipped for another.
+    """
+    for _ in range(_NAME_ATTEMPTS - 1):
+        name = f"{head}{_random_suffix()}"
+        try:
+            return name, _create(name, size)
+        except FileExistsError:
+            continue
+    name = f"{head}{_random_suffix()}"
+    return name, _create(name, size)
+
+
 def _no_space(size: int, exc: OSError) -> OSError:
     if exc.errno not in (errno.ENOSPC, errno.ENOMEM):
         return exc
@@ -218,23 +248,105 @@ def _parse_pid(text: str) -> int | None:
     return int(text) if text.isdigit() else None
 
 
+def _lock_path(prefix: str) -> str:
+    """The file a pool's host holds locked while it lives: ``/dev/shm/.<prefix>.lock``."""
+    return os.path.join(SHM_DIR, f".{prefix}.lock")
+
+
+def _hold_lock(prefix: str) -> int | None:
+    """Create and lock the liveness file of pool ``prefix``; the descriptor to keep open.
+
+    The lock lives as long as the descriptor (and any process forked with it), and goes
+    when the host dies however it dies. It is taken on a temporary name and renamed into
+    place, so a sweep never finds the file unlocked. ``None`` if ``/dev/shm`` refuses.
+    """
+    path = _lock_path(prefix)
+    temporary = f"{path}.{_random_suffix()}"
+    try:
+        fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(temporary, path)
+    except OSError:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        return None
+    return fd
+
+
+def _release_lock(prefix: str, fd: int | None) -> None:
+    if fd is None:
+        return
+    with contextlib.suppress(OSError):
+        os.unlink(_lock_path(prefix))
+    os.close(fd)
+
+
+@contextlib.contextmanager
+def _if_unlocked(path: str) -> Iterator[bool | None]:
+    """Lock ``path`` for the block if nobody holds it: ``True``; held: ``False``; gone: None."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        yield None
+        return
+    except OSError:  # cannot tell (somebody else's file): take it as held
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
 def sweep_stale_segments() -> list[str]:
     """Unlink the segments of mepa hosts that no longer run (killed before they could clean up).
 
-    Segment names carry the host pid (``mepa-<pid>-...``); a segment whose host pid is not a
-    live process is unlinked. Run when a :class:`SegmentPool` is created.
+    Segment names start with their pool's prefix ``mepa-<host pid>-<random>``, and every pool
+    holds a lock on ``/dev/shm/.<prefix>.lock`` for as long as its host lives. A pool whose
+    lock is free belongs to a dead host: its segments and lock file are unlinked. The pid in
+    the name alone cannot tell: a host in another pid namespace that shares ``/dev/shm`` has a
+    pid that means nothing here. Only segments without a lock file (of a host that died while
+    closing its pool) fall back to the pid. Run when a :class:`SegmentPool` is created.
 
     Returns
     -------
     list of str
         The names unlinked.
     """
-    removed = []
-    for name in list_segments(NAME_PREFIX):
-        pid = _parse_pid(name[len(NAME_PREFIX) :].split("-", 1)[0])
-        if pid is not None and not _pid_alive(pid) and unlink(name):
-            removed.append(name)
-    return removed
+    try:
+        names = os.listdir(SHM_DIR)
+    except FileNotFoundError:  # pragma: no cover - Linux always has /dev/shm
+        return []
+    pools: dict[str, list[str]] = {}
+    for name in names:
+        parts = name.split("-", 3)
+        if name.startswith(NAME_PREFIX) and len(parts) == 4 and parts[1].isdigit():
+            pools.setdefault("-".join(parts[:3]), []).append(name)
+    removed: list[str] = []
+    for prefix, segments in pools.items():
+        with _if_unlocked(_lock_path(prefix)) as free:
+            if free is False or (free is None and _pid_alive(int(prefix.split("-")[1]))):
+                continue
+            removed.extend(name for name in segments if unlink(name))
+            if free:
+                with contextlib.suppress(OSError):
+                    os.unlink(_lock_path(prefix))
+    for name in names:  # lock files of hosts killed with no segment left
+        if name.startswith(f".{NAME_PREFIX}") and ".lock" in name:
+            path = os.path.join(SHM_DIR, name)
+            with _if_unlocked(path) as free, contextlib.suppress(OSError):
+                if free:
+                    os.unlink(path)
+    return sorted(removed)
 
 
 def _size_class(nbytes: int) -> int:
@@ -500,11 +612,10 @@ class _Segment:
 
     __slots__ = ("address", "base", "mapping", "name", "refs", "retired", "size")
 
-    def __init__(self, name: str, size: int) -> None:
-        self.name = name
+    def __init__(self, head: str, size: int) -> None:
+        self.name, self.mapping = _create_unique(head, size)
         self.size = size
         self.retired = False  # dropped, not reused, when its last lease goes
-        self.mapping = _create(name, size)
         self.base: NDArray = np.frombuffer(self.mapping, np.uint8)
         self.address = _address(self.base)
         self.refs = 0
@@ -521,9 +632,9 @@ class _PoolState:
         self.free: list[_Segment] = []  # oldest first
         self.free_bytes = 0
         self.pending: collections.deque[_Segment] = collections.deque()
-        self.counter = itertools.count()
         self.closed = False
         self.created = 0
+        self.lock_fd = _hold_lock(prefix)  # tells sweeps of other hosts that this one lives
 
     # Called by Lease.release and by finalizers, from any thread, possibly while this thread
     # holds the lock (a finalizer run by the garbage collector): never block.
@@ -574,8 +685,8 @@ class _PoolState:
                 best.refs = 1
                 self._drain()
                 return best
-            name = f"{self.prefix}-h{next(self.counter)}"
-        created = _Segment(name, wanted)  # slow (page allocation): not under the lock
+        created = _Segment(f"{self.prefix}-h", wanted)  # slow (page allocation): not locked
+        name = created.name
         created.refs = 1
         with self.lock:
             if self.closed:
@@ -625,6 +736,8 @@ class _PoolState:
             self.pending.clear()
         for name in list_segments(self.prefix + "-"):
             unlink(name)
+        fd, self.lock_fd = self.lock_fd, None
+        _release_lock(self.prefix, fd)
 
 
 def _finalize_state(state: _PoolState) -> None:
@@ -692,9 +805,10 @@ class Lease:
 class SegmentPool:
     """Host-side pool of shared-memory segments, one per executor.
 
-    Segments are named ``<prefix>-h<n>`` (host) and ``<prefix>-w<pid>-<n>`` (results written
-    by worker ``pid``); the prefix ``mepa-<host pid>-<random>`` lets the pool find and unlink
-    everything it or its workers left behind.
+    Segments are named ``<prefix>-h<random>`` (host) and ``<prefix>-w<pid>-<random>`` (results
+    written by worker ``pid``); the prefix ``mepa-<host pid>-<random>`` lets the pool find and
+    unlink everything it or its workers left behind. The pool holds ``/dev/shm/.<prefix>.lock``
+    locked while it is open: that, not the pid, tells other hosts' sweeps that it lives.
 
     Size classes: a lease of ``n`` bytes gets a free segment of at least ``n`` and at most
     twice :func:`_size_class(n) <_size_class>` bytes (the smallest such), or a new segment of
@@ -1002,9 +1116,6 @@ def decode_args(tree: Any) -> Any:
 
 # -- results, worker -> host -------------------------------------------------------------------
 
-_result_counter = itertools.count()
-
-
 def encode_result(
     tree: Any,
     prefix: str,
@@ -1015,7 +1126,7 @@ def encode_result(
 
     Arrays go into the result ``slot`` the host offered while they fit (no page faults: the
     slot is an already populated pool segment), the others into new segments named
-    ``<prefix>-w<pid>-<n>``. The worker keeps no tracker registration nor mapping of them:
+    ``<prefix>-w<pid>-<random>``. The worker keeps no tracker registration nor mapping of them:
     the host takes them over in :func:`decode_result`, or removes them with
     :meth:`SegmentPool.cleanup_leftovers` if this worker dies first.
     """
@@ -1053,8 +1164,7 @@ def result_placer(
                 entry = _attach(slot.name)
                 _populate(entry.mapping, start, start + array.nbytes)
                 return _copy_into(entry.base, start, array, slot.name, "pool")
-        name = f"{prefix}-w{os.getpid()}-{next(_result_counter)}"
-        mapping = _create(name, array.nbytes)
+        name, mapping = _create_unique(f"{prefix}-w{os.getpid()}-", array.nbytes)
         created.append(name)
         try:
             return _copy_into(np.frombuffer(mapping, np.uint8), 0, array, name, "result")

@@ -232,6 +232,87 @@ def test_sweep_removes_segments_of_dead_hosts() -> None:
     assert not os.path.exists(os.path.join("/dev/shm", name))
 
 
+def test_segment_names_cannot_be_predicted(pool: SegmentPool) -> None:
+    """Names pre-created by another local user (the next ones of a counter) block nothing."""
+    first = pool.lease(BIG * 8)
+    guesses = [f"{pool.prefix}-h{i}" for i in range(64)]
+    guesses += [f"{pool.prefix}-w{os.getpid()}-{i}" for i in range(64)]
+    taken = [name for name in guesses if not os.path.exists(os.path.join("/dev/shm", name))]
+    try:
+        for name in taken:
+            path = os.path.join("/dev/shm", name)
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        leases = [pool.lease(BIG * 8 * k) for k in (2, 3, 4)]  # new segments, not reused
+        result = encode_result(np.ones(BIG), pool.prefix)
+        names = {first.name, *(lease.name for lease in leases), result.name}
+        assert len(names) == 5
+        assert not names & set(taken)
+        for lease in leases:
+            lease.release()
+    finally:
+        for name in taken:
+            os.unlink(os.path.join("/dev/shm", name))
+    first.release()
+    pool.cleanup_leftovers(force=True)
+
+
+def test_a_name_collision_is_retried(pool: SegmentPool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mepa import _shm
+
+    lease = pool.lease(10)
+    taken = lease.name.rsplit("-h", 1)[1]
+    suffixes = iter([taken, taken, "0123456789abcdef"])
+    monkeypatch.setattr(_shm, "_random_suffix", lambda: next(suffixes))
+    again = pool.lease(BIG * 8)  # two collisions, then a free name
+    assert again.name == f"{pool.prefix}-h0123456789abcdef"
+    again.release()
+    lease.release()
+
+
+HOST = textwrap.dedent(
+    """
+    import sys
+    from mepa._shm import SegmentPool
+
+    pool = SegmentPool(prefix=sys.argv[1])
+    lease = pool.lease(1 << 16)
+    print(lease.name, flush=True)
+    sys.stdin.read()  # live until the test kills it
+    """
+)
+
+
+def test_sweep_keeps_segments_of_a_live_host_in_another_pid_namespace() -> None:
+    """A host whose pid means nothing here (another pid namespace sharing /dev/shm) is alive
+    as long as it holds its pool's lock; once it is killed, the next sweep reclaims its segments.
+    """
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True, text=True, check=True,
+    )
+    prefix = f"mepa-{int(dead.stdout)}-{os.urandom(4).hex()}"  # a pid that is not alive here
+    host = subprocess.Popen(
+        [sys.executable, "-c", HOST, prefix], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert host.stdout is not None
+        name = host.stdout.readline().strip()
+        assert name.startswith(prefix)
+        assert name not in sweep_stale_segments()
+        assert os.path.exists(os.path.join("/dev/shm", name))
+    finally:
+        os.kill(host.pid, signal.SIGKILL)
+        host.wait(timeout=TIMEOUT)
+        if host.stdin is not None:
+            host.stdin.close()
+        if host.stdout is not None:
+            host.stdout.close()
+    assert name in sweep_stale_segments()
+    assert not os.path.exists(os.path.join("/dev/shm", name))
+    assert not [n for n in os.listdir("/dev/shm") if prefix in n]  # its lock file too
+
+
 # -- with loky workers --------------------------------------------------------------------------
 
 
@@ -408,7 +489,7 @@ SCRIPT = textwrap.dedent(
         ex.shutdown(wait=True)
         del y, out
         pool.close()
-        assert list_segments("mepa-") == [], list_segments("mepa-")
+        assert list_segments() == [], list_segments()  # this host's: other hosts may run
         print("ok")
     """
 )
