@@ -54,9 +54,16 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from ._errors import AllocationError
+from ._errors import AllocationError, ArgumentTypeError, ChunkIndexError
 from ._tree import TreeSpec, flatten, unflatten
-from ._types import ParsedShuffle, ShuffleLike, WeightsLike, parse_shuffle, parse_weights
+from ._types import (
+    ParsedShuffle,
+    ShuffleLike,
+    WeightsLike,
+    check_bool,
+    parse_shuffle,
+    parse_weights,
+)
 
 if TYPE_CHECKING:
     from ._plan import AllocationPlan
@@ -597,6 +604,7 @@ class Allocation:
         _trusted: bool = False,
     ) -> None:
         arrays = _as_arrays(arrays)
+        many = check_bool("many", many)
         if not many and len(arrays) != 1:
             raise AllocationError(
                 f"an Allocation of one array got {len(arrays)} arrays; pass many=True"
@@ -669,6 +677,13 @@ class Allocation:
         AllocationError
             If the data does not have ``plan.n`` rows, or the plan is inconsistent.
         """
+        from ._plan import AllocationPlan
+
+        if not isinstance(plan, AllocationPlan):
+            raise ArgumentTypeError(
+                f"plan must be an AllocationPlan, got {type(plan).__name__}; pass "
+                "alloc.plan, or AllocationPlan.model_validate_json(text)"
+            )
         many = isinstance(data, tuple)
         arrays = _as_arrays(data if many else (data,))
         if len(arrays[0]) != plan.n:
@@ -766,12 +781,14 @@ class Allocation:
         try:
             k = operator.index(i)
         except TypeError:
-            raise TypeError(
-                f"chunk index must be an int, got {type(i).__name__}; use alloc[i] for chunk i"
+            raise ArgumentTypeError(
+                f"chunk index must be an int, got {type(i).__name__}: {i!r}; use alloc[i] "
+                "with an int i for chunk i"
             ) from None
         if not -self.n_chunks <= k < self.n_chunks:
-            raise IndexError(
-                f"chunk index {k} out of range for an allocation of {self.n_chunks} chunks"
+            raise ChunkIndexError(
+                f"chunk index must be in range({self.n_chunks}) (or negative from the end), "
+                f"got {k}; this allocation has {self.n_chunks} chunks, one per worker"
             )
         return k % self.n_chunks
 
@@ -836,6 +853,13 @@ class Allocation:
             Wrong number of results, a result of the wrong length, results of different
             structures, or leaves whose trailing shapes differ.
         """
+        reverse_shuffle = check_bool("reverse_shuffle", reverse_shuffle)
+        if isinstance(results, (str, bytes, dict)) or not isinstance(results, Iterable):
+            raise ArgumentTypeError(
+                f"results must be a list of one result per chunk, got "
+                f"{type(results).__name__}; pass executor.gather(futures), or a list of "
+                f"{self.n_chunks} results in chunk order"
+            )
         results = list(results)
         if len(results) != self.n_chunks:
             raise AllocationError(

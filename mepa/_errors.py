@@ -7,6 +7,9 @@ built-in exception a NumPy or ``concurrent.futures`` user would expect to catch:
     ├── AllocationError (also ValueError)        bad weights, shuffles, data or results
     ├── WorkerSpecError (also ValueError)        bad worker counts, names or weights
     ├── ClusterSpecError (also ValueError)       a cluster address or security that cannot work
+    ├── InvalidArgumentError (also ValueError)   any other parameter with an unusable value
+    ├── ArgumentTypeError (also TypeError)       a parameter of the wrong type
+    ├── ChunkIndexError (also IndexError)        a chunk index out of range
     ├── ExecutorShutdownError (also RuntimeError) submit after shutdown
     ├── SerializationError (also TypeError)      a task, argument or result cannot be pickled
     ├── GatherTimeoutError (also TimeoutError)   gather's timeout passed; names the tasks left
@@ -26,12 +29,15 @@ import concurrent.futures
 
 __all__ = [
     "AllocationError",
+    "ArgumentTypeError",
     "BrokenExecutor",
     "CallbackReentryError",
+    "ChunkIndexError",
     "ClusterSpecError",
     "EventChannelError",
     "ExecutorShutdownError",
     "GatherTimeoutError",
+    "InvalidArgumentError",
     "MepaError",
     "SerializationError",
     "WorkerCrashedError",
@@ -53,6 +59,18 @@ class WorkerSpecError(MepaError, ValueError):
 
 class ClusterSpecError(MepaError, ValueError):
     """A cluster address, cluster object or security setting that cannot reach a usable cluster."""
+
+
+class InvalidArgumentError(MepaError, ValueError):
+    """A parameter of the public API given a value it cannot take (a NaN timeout, a size < 0)."""
+
+
+class ArgumentTypeError(MepaError, TypeError):
+    """A parameter of the public API given a value of the wrong type."""
+
+
+class ChunkIndexError(MepaError, IndexError):
+    """A chunk index outside an :class:`~mepa.Allocation`'s chunks."""
 
 
 class ExecutorShutdownError(MepaError, RuntimeError):

@@ -71,6 +71,8 @@ from multiprocessing.connection import (
 from queue import SimpleQueue
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, Protocol, TypeVar
 
+from ._errors import ArgumentTypeError
+
 if TYPE_CHECKING:
     from typing_extensions import Self
 
@@ -1009,7 +1011,17 @@ class EventHub:
             The context to fire ``event`` with.
         """
         if not callable(callback):
-            raise TypeError(f"callback must be callable, got {callback!r}")
+            raise ArgumentTypeError(
+                f"callback must be callable, got {type(callback).__name__}: {callback!r}; pass "
+                "the function the host calls with the arguments of each fire()"
+            )
+        try:
+            hash(event)
+        except TypeError as exc:
+            raise ArgumentTypeError(
+                f"event must be hashable, got {type(event).__name__}: {event!r}; name events "
+                "with strings, numbers or tuples of them"
+            ) from exc
         with self._lock:
             self._check_open()
             self._callbacks[event] = (*self._callbacks.get(event, ()), callback)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ._allocation import ANY_LENGTH_ADVICE, Allocation, arrange, arrange_many
-from ._errors import AllocationError
+from ._errors import AllocationError, ArgumentTypeError
 from ._executors._base import Executor
 from ._types import ShuffleLike
 
@@ -132,12 +132,12 @@ def map_array(
     _check_broadcast(fn, len(data), broadcast)
     bar_options = _check_progress(progress)
     if reduce is not None and not callable(reduce):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"reduce must be a callable taking the list of per-chunk results, or None, got "
             f"{type(reduce).__name__}: {reduce!r}; pass e.g. reduce=sum"
         )
     if executor is not None and not isinstance(executor, Executor):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"executor must be a mepa Executor or None, got {type(executor).__name__}: "
             f"{executor!r}; pass e.g. mepa.ThreadExecutor(4), or None for one process per "
             "physical core"
@@ -242,7 +242,7 @@ def _apply(
 
 def _check_callable(fn: object) -> None:
     if not callable(fn):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"fn must be callable, got {type(fn).__name__}: {fn!r}; pass the function first, "
             "map_array(fn, array, ...)"
         )
@@ -301,12 +301,12 @@ def _check_broadcast(fn: Callable[..., Any], n_arrays: int, broadcast: dict[str,
         ][:n_arrays]
         clash = sorted(set(positional) & set(broadcast))
         if clash:
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"broadcast keyword(s) {clash} name parameter(s) of {_name(fn)} that already "
                 f"receive the array chunks {positional}; rename the keyword, or pass that value "
                 "as an array instead"
             ) from exc
-        raise TypeError(
+        raise ArgumentTypeError(
             f"{_name(fn)}{signature} cannot be called with {n_arrays} array chunk(s) and "
             f"keywords {sorted(broadcast)}: {exc}; match the arrays and keywords to its "
             "parameters"
@@ -318,12 +318,12 @@ def _check_progress(progress: object) -> dict[str, Any] | None:
         return {} if progress else None
     if isinstance(progress, dict):
         if not all(isinstance(k, str) for k in progress):
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"progress must be a bool or a dict of tqdm options with str keys, got "
                 f"{progress!r}; e.g. progress={{'desc': 'fit'}}"
             )
         return dict(progress)
-    raise TypeError(
+    raise ArgumentTypeError(
         f"progress must be a bool or a dict of tqdm options, got {type(progress).__name__}: "
         f"{progress!r}; pass True, or e.g. {{'desc': 'fit', 'file': sys.stdout}}"
     )

@@ -46,6 +46,7 @@ from collections.abc import Callable, Iterable, Iterator, Sized
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ._errors import ArgumentTypeError, InvalidArgumentError
 from ._events import _IN_TASK, EventContext, EventHub, _flush_at_task_end, _flush_soon, _poll
 
 if TYPE_CHECKING:
@@ -69,9 +70,18 @@ _HOSTED: weakref.WeakValueDictionary[str, Progress] = weakref.WeakValueDictionar
 os.register_at_fork(after_in_child=_HOSTED.clear)
 
 
-def _check_count(name: str, n: int) -> None:
+def _check_count(name: str, n: object) -> None:
+    """A count of items: an int >= 0 (an :class:`~mepa.ArgumentTypeError` or
+    :class:`~mepa.InvalidArgumentError` naming ``name`` otherwise)."""
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+        raise ArgumentTypeError(
+            f"{name} must be an int number of items >= 0, got {type(n).__name__}: {n!r}; "
+            f"pass e.g. {name}=len(items)"
+        )
     if n < 0:
-        raise ValueError(f"{name} must be >= 0, got {n!r}")
+        raise InvalidArgumentError(
+            f"{name} must be a number of items >= 0, got {n!r}; pass e.g. {name}=len(items)"
+        )
 
 
 class Progress:
@@ -120,7 +130,14 @@ class Progress:
         self._holds = 0  # registrations of tasks and blocks still open
         self._finished = False
         self._late = 0
-        self._bar = tqdm(total=total, **tqdm_kwargs)
+        try:
+            self._bar = tqdm(total=total, **tqdm_kwargs)
+        except (KeyError, TypeError) as exc:  # tqdm's TqdmKeyError: an unknown option
+            hub.off(self._ctx)
+            raise ArgumentTypeError(
+                f"progress options must be tqdm's, got {sorted(tqdm_kwargs)} ({exc}); pass "
+                "tqdm options such as desc='fit', unit='row', disable=True"
+            ) from exc
         _HOSTED[self._id] = self
         hub._add_close_hook(self.dispose)
 
@@ -323,8 +340,9 @@ class Progress:
         """
         if total is None:
             if not isinstance(iterable, Sized):
-                raise TypeError(
+                raise ArgumentTypeError(
                     f"iters() needs a sized iterable or total=..., got {type(iterable).__name__}"
+                    "; pass total=the number of items"
                 )
             total = len(iterable)
         _check_count("total", total)

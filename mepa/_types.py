@@ -6,22 +6,29 @@ the rest of mepa only ever sees ``tuple[float, ...]`` weights and a :data:`Parse
 
 from __future__ import annotations
 
+import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, TypeAlias
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from ._errors import AllocationError
+from ._errors import AllocationError, ArgumentTypeError, InvalidArgumentError
 from ._worker import Worker
 
 __all__ = [
     "DEFAULT_SEED",
+    "MAX_WORKERS",
     "ArrayLike",
     "ParsedShuffle",
     "ShuffleLike",
     "WeightsLike",
+    "check_bool",
+    "check_callable",
+    "check_timeout",
+    "parse_dtype",
+    "parse_shape",
     "parse_shuffle",
     "parse_weights",
 ]
@@ -39,6 +46,9 @@ ParsedShuffle: TypeAlias = (
 
 DEFAULT_SEED = 20240531
 """The seed ``shuffle=True`` stands for, so that shuffled runs repeat."""
+
+MAX_WORKERS = 1 << 24
+"""The most workers ``weights`` may count (an int weight stands for that many workers)."""
 
 _SHOWN = 8  # how many values an error message shows before eliding the rest
 
@@ -100,6 +110,11 @@ def parse_weights(weights: WeightsLike) -> tuple[float, ...]:
         if k < 1:
             raise AllocationError(
                 f"weights must be a positive number of workers, got {k} (no workers); {fix}"
+            )
+        if k > MAX_WORKERS:
+            raise AllocationError(
+                f"weights as a number of workers must be <= {MAX_WORKERS}, got {k}; "
+                "pass the number of workers, not of rows"
             )
         return (1.0,) * k
     if isinstance(weights, (str, bytes, numbers.Number)) or not isinstance(
@@ -210,8 +225,18 @@ def parse_shuffle(shuffle: ShuffleLike, n: int) -> ParsedShuffle:
 def _parse_permutation(shuffle: Any, n: int) -> NDArray[np.int64]:
     fix = "pass a permutation of the row numbers, an int seed, True or False"
     prefix = f"shuffle must be a permutation of range({n})"
-    if isinstance(shuffle, (str, bytes, float, complex)):
-        raise AllocationError(f"{prefix}, a seed or a bool, got {shuffle!r}; {fix}")
+    if isinstance(shuffle, np.random.SeedSequence):
+        fix = "pass np.random.default_rng(seed_sequence)"
+    elif isinstance(shuffle, np.random.BitGenerator):
+        fix = "pass np.random.Generator(bit_generator)"
+    elif isinstance(shuffle, Iterator):
+        fix = "pass list(...) of it, a permutation of the row numbers"
+    if not isinstance(shuffle, (Sequence, np.ndarray)) or isinstance(shuffle, (str, bytes)):
+        raise AllocationError(
+            f"shuffle must be False, True, an int seed >= 0, a numpy.random.Generator or "
+            f"RandomState, or a permutation of range({n}) (a sequence or 1-d array of ints); "
+            f"got {type(shuffle).__name__}: {_short(shuffle)}; {fix}"
+        )
     try:
         arr = np.asarray(shuffle)
     except (ValueError, TypeError) as exc:
@@ -242,3 +267,95 @@ def _parse_permutation(shuffle: Any, n: int) -> NDArray[np.int64]:
 def _frozen(arr: NDArray[np.int64]) -> NDArray[np.int64]:
     arr.flags.writeable = False
     return arr
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_bool(name: str, value: object) -> bool:
+    """``value`` if it is a bool; else :class:`~mepa.ArgumentTypeError` naming ``name``.
+
+    A truthy string such as ``"no"`` must not pass for ``True``.
+
+    >>> check_bool("reverse_shuffle", np.True_)
+    True
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise ArgumentTypeError(
+        f"{name} must be True or False, got {type(value).__name__}: {_short(value)}; "
+        f"pass {name}=True or {name}=False"
+    )
+
+
+def check_callable(name: str, value: object, fix: str) -> None:
+    """Raise :class:`~mepa.ArgumentTypeError` unless ``value`` is callable."""
+    if not callable(value):
+        raise ArgumentTypeError(
+            f"{name} must be callable, got {type(value).__name__}: {_short(value)}; {fix}"
+        )
+
+
+def check_timeout(timeout: object, name: str = "timeout") -> float | None:
+    """A timeout in seconds: ``None`` (wait as long as it takes) or a number, not NaN.
+
+    Negative numbers mean no wait at all, as for :mod:`concurrent.futures`.
+
+    >>> check_timeout(None) is None
+    True
+    >>> check_timeout(2)
+    2.0
+    """
+    if timeout is None:
+        return None
+    if isinstance(timeout, (bool, np.bool_)) or not isinstance(timeout, numbers.Real):
+        raise ArgumentTypeError(
+            f"{name} must be a number of seconds or None, got {type(timeout).__name__}: "
+            f"{_short(timeout)}; pass e.g. {name}=30, or None to wait as long as it takes"
+        )
+    seconds = float(timeout)
+    if math.isnan(seconds):
+        raise InvalidArgumentError(
+            f"{name} must be a number of seconds or None, got nan; pass e.g. {name}=30, or "
+            "None to wait as long as it takes"
+        )
+    return seconds
+
+
+def parse_shape(shape: object) -> tuple[int, ...]:
+    """An array shape: an int ``>= 0`` or a sequence of them, as :func:`numpy.empty` takes.
+
+    >>> parse_shape(3), parse_shape((2, 0))
+    ((3,), (2, 0))
+    """
+    dims = (shape,) if isinstance(shape, numbers.Integral) else shape
+    fix = "pass an int >= 0 or a tuple of them, e.g. (1000, 3)"
+    if not isinstance(dims, (Sequence, np.ndarray)) or isinstance(dims, (str, bytes)):
+        raise ArgumentTypeError(
+            f"shape must be an int or a tuple of ints, got {type(shape).__name__}: "
+            f"{_short(shape)}; {fix}"
+        )
+    out = []
+    for d in dims:
+        if isinstance(d, (bool, np.bool_)) or not isinstance(d, numbers.Integral):
+            raise ArgumentTypeError(
+                f"shape must be an int or a tuple of ints, got {_short(shape)} (holding "
+                f"{type(d).__name__}); {fix}"
+            )
+        if int(d) < 0:
+            raise InvalidArgumentError(f"shape must hold sizes >= 0, got {_short(shape)}; {fix}")
+        out.append(int(d))
+    return tuple(out)
+
+
+def parse_dtype(dtype: object) -> np.dtype[Any]:
+    """``numpy.dtype(dtype)``, with :class:`~mepa.ArgumentTypeError` for what NumPy refuses."""
+    try:
+        return np.dtype(dtype)  # type: ignore[call-overload,no-any-return]
+    except (TypeError, ValueError) as exc:
+        raise ArgumentTypeError(
+            f"dtype must be a NumPy dtype or something numpy.dtype accepts, got "
+            f"{type(dtype).__name__}: {_short(dtype)} ({exc}); pass e.g. dtype=np.float64"
+        ) from exc

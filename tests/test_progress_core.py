@@ -273,9 +273,9 @@ def test_bad_arguments(hub):
     with pytest.raises(TypeError, match="sized iterable"):
         progress.iters(x for x in range(3))
     assert list(progress.iters((x for x in range(3)), total=3)) == [0, 1, 2]
-    with pytest.raises(ValueError, match="n must be >= 0, got -1"):
+    with pytest.raises(ValueError, match="n must be a number of items >= 0, got -1"):
         progress.register(-1)
-    with pytest.raises(ValueError, match="total must be >= 0, got -2"):
+    with pytest.raises(ValueError, match="total must be a number of items >= 0, got -2"):
         Progress(hub, total=-2)
 
 

@@ -24,6 +24,7 @@ import math
 import re
 import threading
 import time
+import types
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
@@ -31,8 +32,14 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 import numpy as np
 
 from .._allocation import Allocation, arrange, arrange_many
-from .._errors import ExecutorShutdownError, WorkerSpecError
+from .._errors import (
+    ArgumentTypeError,
+    ExecutorShutdownError,
+    InvalidArgumentError,
+    WorkerSpecError,
+)
 from .._tree import flatten, iter_leaves, tree_map, unflatten
+from .._types import check_callable, check_timeout, parse_dtype, parse_shape
 from .._worker import Worker
 from ._futures import TaskFuture, add_task_note, chain_cancel
 
@@ -199,7 +206,7 @@ class Executor(ABC):
             On executors that share memory, a plain array; on the process executor an
             array in shared memory, passed to tasks without a copy.
         """
-        return np.empty(shape, dtype=dtype)
+        return np.empty(parse_shape(shape), dtype=parse_dtype(dtype))
 
     def extract_by_name(self, pattern: WorkerPattern) -> SubExecutor:
         """A sub-executor over the workers whose name matches ``pattern``.
@@ -228,9 +235,10 @@ class Executor(ABC):
         elif callable(pattern):
             selected = [w for w in self._workers if pattern(w)]
         else:
-            raise TypeError(
+            raise ArgumentTypeError(
                 "pattern must be a str, a compiled re.Pattern or a callable taking a Worker, "
-                f"got {type(pattern).__name__}"
+                f"got {type(pattern).__name__}: {pattern!r}; pass e.g. 'gpu' or "
+                "re.compile(r'node-[0-3]$')"
             )
         if not selected:
             names = [w.name for w in self._workers]
@@ -304,8 +312,7 @@ class Executor(ABC):
         worker: Worker | None, chunk: int | None, hint: Any = None,
     ) -> TaskFuture[Any]:
         self._check_open()
-        if not callable(fn):
-            raise TypeError(f"fn must be callable, got {type(fn).__name__}: {fn!r}")
+        check_callable("fn", fn, "pass the function first, executor.submit(fn, *args)")
         dependencies = [
             leaf for leaf in itertools.chain(iter_leaves(args), iter_leaves(kwargs))
             if isinstance(leaf, concurrent.futures.Future)
@@ -417,7 +424,15 @@ class Executor(ABC):
             On Ctrl-C: pending tasks are cancelled first.
         """
         self._refuse_in_callback("gather")
+        timeout = check_timeout(timeout)
+        if not isinstance(progress, (bool, dict)):
+            raise ArgumentTypeError(
+                f"progress must be a bool or a dict of tqdm options, got "
+                f"{type(progress).__name__}: {progress!r}; pass True, or e.g. {{'desc': 'fit'}}"
+            )
         leaves, spec = flatten(futures)
+        for leaf in leaves:
+            _check_gathered_leaf(leaf)
         pending = [f for f in leaves if isinstance(f, concurrent.futures.Future)]
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
@@ -538,7 +553,10 @@ class Executor(ABC):
         if chunksize is None:
             chunksize = max(1, math.ceil(len(items) / (2 * self.get_n_workers())))
         elif isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
-            raise ValueError(f"chunksize must be a positive int or None, got {chunksize!r}")
+            raise InvalidArgumentError(
+                f"chunksize must be a positive int or None, got {chunksize!r}; pass e.g. "
+                "chunksize=100 items per task, or None to choose"
+            )
         runner = _run_star_batch if star else _run_batch
         futures = []
         for start in range(0, len(items), chunksize):
@@ -887,6 +905,23 @@ def _check_workers(workers: Sequence[Worker]) -> tuple[Worker, ...]:
             f"worker names must be unique, got duplicates {duplicates}; rename the workers"
         )
     return workers
+
+
+def _check_gathered_leaf(leaf: Any) -> None:
+    """Refuse containers ``gather`` would pass through with futures still inside them."""
+    if isinstance(leaf, (set, frozenset)) and any(
+        isinstance(x, concurrent.futures.Future) for x in leaf
+    ):
+        raise ArgumentTypeError(
+            f"futures must be a future, or lists, tuples and dicts of them, got a "
+            f"{type(leaf).__name__} of {len(leaf)} futures (unordered: its results could not "
+            "be matched to them); pass a list, e.g. gather(list(futures))"
+        )
+    if isinstance(leaf, types.GeneratorType):
+        raise ArgumentTypeError(
+            "futures must be a future, or lists, tuples and dicts of them, got a generator; "
+            "pass a list, e.g. gather([executor.submit(...) for ...])"
+        )
 
 
 def _remaining(deadline: float | None) -> float | None:

@@ -38,7 +38,12 @@ from typing import Any
 import numpy as np
 
 from .._allocation import Allocation, ChunkSelection, PlacedRows
-from .._errors import SerializationError, WorkerCrashedError
+from .._errors import (
+    ArgumentTypeError,
+    InvalidArgumentError,
+    SerializationError,
+    WorkerCrashedError,
+)
 from .._heap import run_kept, worker_env
 from .._payload import (
     INPUTS_KEPT,
@@ -59,6 +64,7 @@ from .._shm import (
     open_region,
 )
 from .._threads import check_inner_threads, thread_env
+from .._types import check_bool, parse_dtype, parse_shape
 from .._worker import Worker, make_workers, physical_cores
 from ._base import ChunkCall, ChunkHint, DistributePlan, Executor, LazyChunk
 from ._futures import TaskFuture
@@ -120,19 +126,22 @@ class ProcessExecutor(Executor):
     ) -> None:
         super().__init__(make_workers("process", n_workers, physical_cores()))
         self._inner_threads = check_inner_threads(inner_threads)
+        fix = "pass a number of bytes such as 1 << 20 (the default), or None to pickle arrays"
         if shared_memory_threshold is not None and (
             isinstance(shared_memory_threshold, bool)
             or not isinstance(shared_memory_threshold, int)
-            or shared_memory_threshold < 0
         ):
-            raise ValueError(
+            raise ArgumentTypeError(
+                "shared_memory_threshold must be an int number of bytes >= 0 or None, got "
+                f"{type(shared_memory_threshold).__name__}: {shared_memory_threshold!r}; {fix}"
+            )
+        if shared_memory_threshold is not None and shared_memory_threshold < 0:
+            raise InvalidArgumentError(
                 "shared_memory_threshold must be a number of bytes >= 0 or None, got "
-                f"{shared_memory_threshold!r}"
+                f"{shared_memory_threshold!r}; {fix}"
             )
         self._threshold = shared_memory_threshold
-        if not isinstance(keep_worker_heap, bool):
-            raise TypeError(f"keep_worker_heap must be a bool, got {keep_worker_heap!r}")
-        self._keep_heap = keep_worker_heap
+        self._keep_heap = check_bool("keep_worker_heap", keep_worker_heap)
         self._engine_lock = threading.Lock()
         self._engine: Any = None
         self._segments: SegmentPool | None = None
@@ -157,7 +166,7 @@ class ProcessExecutor(Executor):
         returns to the executor's pool when the array and its views are garbage collected.
         """
         self._check_open()
-        return self._pool().empty(shape, np.dtype(dtype))
+        return self._pool().empty(parse_shape(shape), parse_dtype(dtype))
 
     def scatter(self, data: Any) -> Any:
         """Put a big array in shared memory once; pass the returned array to many tasks.
