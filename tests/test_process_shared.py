@@ -240,7 +240,7 @@ def test_results_are_the_same_without_a_kept_worker_heap():
 
 
 def test_keep_worker_heap_must_be_a_bool():
-    with pytest.raises(TypeError, match="keep_worker_heap must be a bool"):
+    with pytest.raises(TypeError, match="keep_worker_heap must be True or False"):
         mepa.ProcessExecutor(2, keep_worker_heap="yes")
 
 
