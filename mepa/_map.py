@@ -211,7 +211,7 @@ def _follow(
     futures: list[Any], alloc: Allocation, bar_options: dict[str, Any]
 ) -> None:
     """Advance a bar of rows as chunks finish; failures are left for ``gather`` to raise."""
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     rows = {id(f): size for f, size in zip(futures, alloc.sizes, strict=True)}
     options: dict[str, Any] = {"desc": "map_array", "unit": "row"}

@@ -97,7 +97,8 @@ class Progress:
     total
         Initial total (the host's own share of the work).
     **tqdm_kwargs
-        Passed to :class:`tqdm.tqdm`: ``desc``, ``unit``, ``disable``, ``file``, ...
+        Passed to :class:`tqdm.auto.tqdm` (a widget in a Jupyter notebook, text elsewhere):
+        ``desc``, ``unit``, ``disable``, ``file``, ...
 
     Examples
     --------
@@ -119,7 +120,7 @@ class Progress:
     _bar: Any  # tqdm.tqdm on the host, None in a proxy
 
     def __init__(self, hub: EventHub, total: int = 0, **tqdm_kwargs: Any) -> None:
-        from tqdm import tqdm
+        from tqdm.auto import tqdm
 
         _check_count("total", total)
         self._id = uuid.uuid4().hex
@@ -165,7 +166,7 @@ class Progress:
 
     @property
     def bar(self) -> Any:
-        """The :class:`tqdm.tqdm` bar (host only)."""
+        """The :class:`tqdm.auto.tqdm` bar (host only)."""
         if self._bar is None:
             raise RuntimeError("the tqdm bar lives on the host; a task only sends updates to it")
         return self._bar

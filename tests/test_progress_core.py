@@ -304,3 +304,13 @@ def test_dispose_and_hub_close_finish_the_bar(caplog):
     with caplog.at_level(logging.WARNING, logger="mepa.progress"):
         progress.update(1)  # on the host, after the bar closed
     assert "after it closed" in caplog.text
+
+
+def test_bars_are_tqdm_auto_so_notebooks_get_widgets(hub):
+    import tqdm.auto
+
+    bar = make_bar(hub, total=2)
+    try:
+        assert isinstance(bar.bar, tqdm.auto.tqdm)
+    finally:
+        bar.close()

@@ -461,7 +461,7 @@ class Executor(ABC):
         self, pending: list[concurrent.futures.Future[Any]], deadline: float | None,
         options: bool | dict[str, Any],
     ) -> None:
-        from tqdm import tqdm
+        from tqdm.auto import tqdm
 
         kwargs: dict[str, Any] = {"desc": "tasks", "unit": "task"}
         if isinstance(options, dict):
