@@ -731,7 +731,7 @@ def run_demo(
     threads_cores = host_cpu / parallel_s if executor_kind == "thread" and parallel_s > 0 else None
     note = busy_note(
         executor_kind, n, busy, parallel_s, load=load, cores=os.cpu_count() or 1,
-        thread_cores=threads_cores,
+        thread_cores=threads_cores, serial_cores=serial_cpu / serial_s if serial_s > 0 else None,
     )
     if note:
         say(f"  note: {note}")
@@ -744,16 +744,16 @@ def run_demo(
 
 def busy_note(
     kind: str, n_workers: int, busy: float, parallel_seconds: float, *, load: float | None,
-    cores: int, thread_cores: float | None = None,
+    cores: int, thread_cores: float | None = None, serial_cores: float | None = None,
 ) -> str | None:
     """Why the workers were busy less than 3/4 of the parallel run, or ``None`` if they were not.
 
     Two causes look alike from the workers' CPU time: **other programs** on the machine, which
     show in the load average (runnable tasks, averaged over a minute) beyond the demo's own
     workers; and, on the thread executor, **the GIL**: threads that hold it take turns, so the
-    process used about one core however many threads it ran (``thread_cores``, the process's CPU
-    time over the wall time), while the load average stays low (a thread waiting for the GIL
-    sleeps).
+    process gets no more CPU time per second with ``n`` threads (``thread_cores``) than one
+    thread got in the serial run (``serial_cores``), whatever the load; and the load average
+    does not count them (a thread waiting for the GIL sleeps).
 
     Parameters
     ----------
@@ -771,11 +771,14 @@ def busy_note(
         Logical cores of the machine.
     thread_cores
         For the thread executor: the process's CPU seconds per wall second during the run.
+    serial_cores
+        The same for the serial run (about 1 on an idle machine, less under load).
 
     Examples
     --------
-    >>> busy_note("thread", 2, 0.5, 10.0, load=1.1, cores=2, thread_cores=1.0)[:33]
-    'the 2 threads used 1.0 cores, not'
+    >>> busy_note("thread", 2, 0.5, 10.0, load=1.1, cores=2, thread_cores=1.0,
+    ...           serial_cores=1.0)[:50]
+    'the 2 threads together used 1.00 cores, as one thr'
     >>> busy_note("process", 2, 0.45, 10.0, load=4.2, cores=2)[:45]
     'the workers ran 45% of the time while the loa'
     >>> busy_note("process", 2, 0.9, 10.0, load=2.0, cores=2) is None
@@ -791,13 +794,17 @@ def busy_note(
     ours = n_workers * busy
     others = None if load is None else max(0.0, load - ours)
     crowded = others is not None and others >= 0.5 * min(cores, n_workers)
-    gil = kind == "thread" and thread_cores is not None and thread_cores < 0.6 * n_workers
+    gil = (
+        kind == "thread" and thread_cores is not None and serial_cores is not None
+        and serial_cores > 0 and thread_cores < 1.4 * serial_cores
+    )
     notes = []
     if gil:
         notes.append(
-            f"the {n_workers} threads used {thread_cores:.1f} cores, not {n_workers}: they held "
-            "the GIL (Python code, or NumPy calls on small arrays) and took turns; the process "
-            "executor runs such code at once (see the map_array guide: when threads scale)"
+            f"the {n_workers} threads together used {thread_cores:.2f} cores, as one thread "
+            f"did serially ({serial_cores:.2f}): they held the GIL (Python code, or NumPy calls "
+            "on small arrays) and took turns; the process executor runs such code at once "
+            "(see the map_array guide: when threads scale)"
         )
     if crowded:
         assert load is not None

@@ -276,7 +276,8 @@ def test_save_needs_a_known_extension(tmp_path: Path) -> None:
 
 def test_gil_bound_threads_are_told_apart_from_other_programs() -> None:
     # threads that took turns: the process used one core, and nothing else ran
-    gil = busy_note("thread", 2, 0.5, 10.0, load=1.0, cores=2, thread_cores=1.0)
+    gil = busy_note("thread", 2, 0.5, 10.0, load=1.0, cores=2, thread_cores=1.0,
+                    serial_cores=1.0)
     assert gil is not None
     assert "held the GIL" in gil
     assert "other programs" not in gil
@@ -287,12 +288,20 @@ def test_gil_bound_threads_are_told_apart_from_other_programs() -> None:
     assert "load average was 6.0 on 2 cores" in crowded
     assert "GIL" not in crowded
     # both at once: both are said
-    both = busy_note("thread", 2, 0.5, 10.0, load=5.0, cores=2, thread_cores=1.0)
+    both = busy_note("thread", 2, 0.3, 10.0, load=5.0, cores=2, thread_cores=0.6,
+                     serial_cores=0.5)
     assert both is not None
     assert "GIL" in both
     assert "other programs" in both
     # busy workers, the linear executor, and small runs
-    assert busy_note("thread", 2, 0.9, 10.0, load=9.0, cores=2, thread_cores=1.8) is None
+    # threads that ran at once on a crowded machine: twice one thread's share, not the GIL
+    shared = busy_note("thread", 2, 0.4, 10.0, load=8.0, cores=2, thread_cores=0.8,
+                       serial_cores=0.4)
+    assert shared is not None
+    assert "GIL" not in shared
+    assert "other programs" in shared
+    assert busy_note("thread", 2, 0.9, 10.0, load=9.0, cores=2, thread_cores=1.8,
+                     serial_cores=1.0) is None
     assert busy_note("linear", 1, 0.1, 10.0, load=9.0, cores=2) is None
     small = busy_note("process", 2, 0.2, 0.3, load=0.5, cores=2)
     assert small is not None
