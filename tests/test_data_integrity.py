@@ -14,7 +14,7 @@ import pytest
 
 import mepa
 
-from .executors import make_executor
+from .executors import EXECUTOR_KINDS, make_executor
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -121,7 +121,7 @@ def test_reassemble_keeps_masks_of_results_of_plain_data():
     np.testing.assert_array_equal(out.mask, np.arange(10.0) > 4)
 
 
-@pytest.mark.parametrize("kind", LOCAL_KINDS)
+@pytest.mark.parametrize("kind", EXECUTOR_KINDS)
 @pytest.mark.parametrize("n", [1000, BIG])
 @pytest.mark.parametrize("shuffle", [False, True])
 def test_masked_arrays_keep_their_mask_on_every_executor(kind, n, shuffle):
@@ -150,7 +150,7 @@ def fire(ctx: mepa.EventContext, value: int) -> int:
     return value
 
 
-@pytest.mark.parametrize("kind", ["thread", "process"])
+@pytest.mark.parametrize("kind", ["thread", "process", "dask"])
 @pytest.mark.parametrize("make_key", [object, Key, lambda: float("nan"), lambda: (1, math.nan)])
 def test_events_keyed_by_identity_reach_their_callbacks(kind, make_key):
     received: list[int] = []
