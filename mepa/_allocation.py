@@ -277,6 +277,18 @@ class ChunkSelection:
         start: int,
         size: int,
     ) -> None:
+        for name, count, low in (("n", n, 0), ("block_rows", block_rows, 1), ("start", start, 0),
+                                 ("size", size, 0)):
+            if isinstance(count, (bool, np.bool_)) or not isinstance(count, (int, np.integer)):
+                raise ArgumentTypeError(
+                    f"{name} must be an int, got {type(count).__name__}: {count!r}; build "
+                    "selections with Allocation.selection"
+                )
+            if count < low:
+                raise AllocationError(
+                    f"{name} must be >= {low}, got {count}; build selections with "
+                    "Allocation.selection"
+                )
         if blocks is not None:
             blocks = np.asarray(blocks, dtype=np.int64)
             if blocks.flags.writeable:

@@ -50,6 +50,7 @@ DEFAULT_SEED = 20240531
 MAX_WORKERS = 1 << 24
 """The most workers ``weights`` may count (an int weight stands for that many workers)."""
 
+_MAX_ELEMENTS = 2**63 - 1  # NumPy's limit on the elements of an array
 _SHOWN = 8  # how many values an error message shows before eliding the rest
 
 
@@ -347,6 +348,10 @@ def parse_shape(shape: object) -> tuple[int, ...]:
         if int(d) < 0:
             raise InvalidArgumentError(f"shape must hold sizes >= 0, got {_short(shape)}; {fix}")
         out.append(int(d))
+    if math.prod(out) > _MAX_ELEMENTS:
+        raise InvalidArgumentError(
+            f"shape must hold at most 2**63 - 1 elements, got {_short(shape)}; {fix}"
+        )
     return tuple(out)
 
 
