@@ -480,6 +480,16 @@ def test_worker_context_fires_named_events_from_threads_and_processes() -> None:
             assert sorted(got) == [("on", 0), ("on", 1), ("on", 2), ("on", 9)], kind
 
 
+def test_original_event_methods_on_mepa_executors(threads: compat.ThreadExecutor) -> None:
+    got: list[Any] = []
+    threads.on("e", lambda *a, **k: got.append((a, k)))
+    with threads.monitor_events():
+        threads.dispatch_event("e", (1,), {"k": 2})
+    assert _wait_for(lambda: got == [((1,), {"k": 2})])
+    assert threads.check_if_events_thread_are_required() is False
+    assert list(threads.receive_events(0.01)) == []
+
+
 def test_bound_worker_contexts() -> None:
     fired: list[Any] = []
 

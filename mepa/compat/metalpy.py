@@ -1194,6 +1194,19 @@ class _OnMepa(_OriginalCalls):
         """mepa's hub dispatches events itself: nothing to receive here."""
         return iter(())
 
+    def dispatch_event(self: Any, event: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
+        """Have the dispatcher call the callbacks of ``event`` (soon, in its thread)."""
+        self._events().context(event).fire(*args, **kwargs)
+
+    def check_if_events_thread_are_required(self) -> bool:
+        """``False``: mepa's hub has its own dispatcher thread."""
+        return False
+
+    @contextlib.contextmanager
+    def monitor_events(self) -> Iterator[None]:
+        """Accepted for the original API: events are dispatched all the time."""
+        yield
+
     def progress(self: Any, total: int = 0, **kwargs: Any) -> ParallelProgress:
         """A :class:`ParallelProgress` (the original's lifetime; see there)."""
         self._check_open()
