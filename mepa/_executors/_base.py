@@ -34,6 +34,7 @@ import numpy as np
 from .._allocation import Allocation, arrange, arrange_many
 from .._errors import (
     ArgumentTypeError,
+    BrokenExecutor,
     ExecutorShutdownError,
     InvalidArgumentError,
     WorkerSpecError,
@@ -75,7 +76,7 @@ class Executor(ABC):
         self._is_shutdown = False
         self._hub: EventHub | None = None
         self._progress_bars: list[Progress] = []
-        self._pending: set[concurrent.futures.Future[Any]] = set()
+        self._pending: set[TaskFuture[Any]] = set()
 
     # ------------------------------------------------------------------ engine hooks
 
@@ -110,34 +111,58 @@ class Executor(ABC):
         The user's future completes only after every event the task fired has been
         dispatched on the host, so nothing a task reported is missing when ``gather``
         returns.
+
+        This runs in the engine's done-callback, where ``concurrent.futures`` would log and
+        drop an exception: whatever an adapter hook raises here becomes the task's outcome
+        instead (with a note naming the hook), so no path leaves ``future`` pending.
         """
         from .._events import outcome_tokens, unwrap_outcome
 
+        outcome: _Outcome
+        tokens: Any = ()
         try:
             if engine.cancelled():
-                future.cancel()
-                return
-            exc = engine.exception()
-            if exc is None:
+                outcome = _Cancelled()
+            elif (exc := engine.exception()) is not None:
+                tokens = outcome_tokens(exc, remove=True)
+                outcome = self._failure(future, exc)
+            else:
                 value, tokens = unwrap_outcome(engine.result())
                 try:
-                    value = self._decode_result(future, value)
+                    outcome = _Value(self._decode_result(future, value))
                 except Exception as decode_error:  # noqa: BLE001 - it becomes the task's error
-                    exc = decode_error
-                else:
-                    self._after_events(tokens, lambda: _set_result(future, value))
-                    return
-            exc = self._translate_error(exc, future)
-            add_task_note(exc, f"raised by a task on {future.describe()}")
-            failed = exc
-            self._after_events(
-                outcome_tokens(exc, remove=True), lambda: _set_exception(future, failed)
-            )
+                    _note_hook(decode_error, self, "_decode_result", future)
+                    outcome = self._failure(future, decode_error, noted=True)
+        except Exception as exc:  # noqa: BLE001 - never leave the future pending
+            outcome = _Failed(_note_hook(exc, self, "_settle", future))
         finally:
             # The engine's future refers to this one through its callback: break the cycle,
             # or results (and the shared memory under them) wait for the garbage collector.
             future._engine_cancel = None
-            self._task_finished(future)
+        try:
+            try:
+                self._task_finished(future)
+            except Exception as exc:  # noqa: BLE001 - the hook's error is the task's outcome
+                outcome = _Failed(_note_hook(exc, self, "_task_finished", future))
+            try:
+                self._after_events(tokens, functools.partial(outcome.apply, future))
+            except Exception as exc:  # noqa: BLE001 - bad tokens: fail rather than hang
+                _set_exception(future, _note_hook(exc, self, "_after_events", future))
+        finally:
+            future._settled.set()
+
+    def _failure(
+        self, future: TaskFuture[Any], exc: BaseException, *, noted: bool = False
+    ) -> _Failed:
+        """The task failed with ``exc``: translated, with a note saying where."""
+        try:
+            translated = self._translate_error(exc, future)
+        except Exception as hook_error:  # noqa: BLE001 - the hook's error is the outcome
+            hook_error.__context__ = exc
+            return _Failed(_note_hook(hook_error, self, "_translate_error", future))
+        if not noted:
+            add_task_note(translated, f"raised by a task on {future.describe()}")
+        return _Failed(translated)
 
     def _decode_result(self, future: TaskFuture[Any], value: Any) -> Any:
         """Turn what the engine returned into the task's result; the default keeps it."""
@@ -331,19 +356,34 @@ class Executor(ABC):
     ) -> None:
         root = self._root()
         root._track(future)
+        hook = "_prepare_call"
         try:
             call, call_args, call_kwargs = root._prepare_call(fn, args, kwargs, future)
             future._hint = None  # consumed: the future must not keep an output buffer alive
+            hook = "_engine_submit"
             engine = root._engine_submit(call, call_args, call_kwargs, future.worker)
         except ExecutorShutdownError:
-            root._task_finished(future)
+            root._finish_unstarted(future)
             raise
         except Exception as exc:  # noqa: BLE001 - the engine refused the task: its error
-            root._task_finished(future)
-            _set_exception(future, root._translate_error(exc, future))
+            _note_hook(exc, root, hook, future)
+            root._finish_unstarted(future)
+            try:
+                error = root._translate_error(exc, future)
+            except Exception as hook_error:  # noqa: BLE001 - the hook's error is the outcome
+                hook_error.__context__ = exc
+                error = _note_hook(hook_error, root, "_translate_error", future)
+            _set_exception(future, error)
             return
         chain_cancel(future, engine)
         engine.add_done_callback(functools.partial(root._settle, future))
+
+    def _finish_unstarted(self, future: TaskFuture[Any]) -> None:
+        """``_task_finished`` for a task the engine never took; its error fails the future."""
+        try:
+            self._task_finished(future)
+        except Exception as exc:  # noqa: BLE001 - the hook's error is the task's outcome
+            _set_exception(future, _note_hook(exc, self, "_task_finished", future))
 
     def _track(self, future: TaskFuture[Any]) -> None:
         with self._lock:
@@ -351,8 +391,10 @@ class Executor(ABC):
         future.add_done_callback(self._untrack)
 
     def _untrack(self, future: concurrent.futures.Future[Any]) -> None:
+        assert isinstance(future, TaskFuture)
         with self._lock:
             self._pending.discard(future)
+        future._settled.set()
 
     def _submit_after(
         self, future: TaskFuture[Any], fn: Callable[..., Any], args: tuple[Any, ...],
@@ -723,7 +765,7 @@ class Executor(ABC):
             self._is_shutdown = True
             pending = list(self._pending)
         if wait:
-            concurrent.futures.wait(pending)
+            _wait_for_engine(pending)
         else:
             for future in pending:
                 future.cancel()
@@ -734,7 +776,9 @@ class Executor(ABC):
         for bar in bars:
             bar.dispose()
         if hub is not None:
-            hub.close()
+            hub.close()  # completes the futures still waiting for events that never came
+        for future in pending:
+            _set_exception(future, _forgotten(future))
 
     def __enter__(self) -> Self:
         return self
@@ -953,6 +997,73 @@ def _timeout_error(
 def _set_result(future: TaskFuture[Any], value: Any) -> None:
     with contextlib.suppress(concurrent.futures.InvalidStateError):
         future.set_result(value)
+
+
+class _Value:
+    """A task's outcome on the host: its result."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def apply(self, future: TaskFuture[Any]) -> None:
+        _set_result(future, self.value)
+
+
+class _Failed:
+    """A task's outcome on the host: an exception (the task's, or an adapter hook's)."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def apply(self, future: TaskFuture[Any]) -> None:
+        _set_exception(future, self.exc)
+
+
+class _Cancelled:
+    """A task's outcome on the host: the engine cancelled it."""
+
+    __slots__ = ()
+
+    def apply(self, future: TaskFuture[Any]) -> None:
+        future.cancel()
+
+
+_Outcome = _Value | _Failed | _Cancelled
+
+
+def _note_hook(
+    exc: BaseException, executor: Executor, hook: str, future: TaskFuture[Any]
+) -> BaseException:
+    """Say on ``exc`` which adapter hook raised it, for which task; return ``exc``."""
+    add_task_note(
+        exc,
+        f"raised by the adapter hook {type(executor).__name__}.{hook} while handling the "
+        f"task on {future.describe()}",
+    )
+    return exc
+
+
+def _wait_for_engine(futures: Sequence[TaskFuture[Any]]) -> None:
+    """Wait until the engine is done with every task of ``futures`` (``shutdown(wait=True)``).
+
+    A task is done for the engine once its engine future finished and was settled; its own
+    future may still wait for the task's events, which the hub's closing delivers (or gives
+    up on). A task not yet given to the engine (its arguments are futures) counts once it
+    completes or reaches the engine.
+    """
+    for future in futures:
+        future._settled.wait()
+
+
+def _forgotten(future: TaskFuture[Any]) -> BrokenExecutor:
+    return BrokenExecutor(
+        f"the engine finished with the task on {future.describe()} but never delivered its "
+        "outcome; the executor was shut down, so the task is failed rather than left pending"
+    )
 
 
 def _set_exception(future: TaskFuture[Any], exc: BaseException) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -40,6 +41,8 @@ class TaskFuture(concurrent.futures.Future[R], Generic[R]):
         self._engine_cancel: Callable[[], bool] | None = None
         self._hint: Any = None
         self._transport: Any = None
+        # Set once the engine is done with the task (its outcome settled) or the future is.
+        self._settled = threading.Event()
 
     def cancel(self) -> bool:
         """Cancel the task if the engine has not started it.
