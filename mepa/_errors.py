@@ -26,6 +26,9 @@ the remote traceback attached as ``__cause__`` and a note naming the worker (and
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import NamedTuple, Protocol
 
 __all__ = [
     "AllocationError",
@@ -34,6 +37,8 @@ __all__ = [
     "CallbackReentryError",
     "ChunkIndexError",
     "ClusterSpecError",
+    "ErrorMap",
+    "ErrorRule",
     "EventChannelError",
     "ExecutorShutdownError",
     "GatherTimeoutError",
@@ -42,6 +47,7 @@ __all__ = [
     "SerializationError",
     "WorkerCrashedError",
     "WorkerSpecError",
+    "is_pickling_error",
 ]
 
 
@@ -133,3 +139,131 @@ class WorkerCrashedError(BrokenExecutor):
 
 def _rebuild_crash(message: str, exitcode: int | None, chunk: int | None) -> WorkerCrashedError:
     return WorkerCrashedError(message, exitcode=exitcode, chunk=chunk)
+
+
+# ---------------------------------------------------------------------- the engines' error map
+
+
+class TaskPlace(Protocol):
+    """What an error rule may say about the task that failed (a :class:`~mepa.TaskFuture`)."""
+
+    @property
+    def chunk(self) -> int | None:
+        """The allocation chunk the task received, if any."""
+
+    def describe(self) -> str:
+        """Where the task ran: ``"worker 'process-1', chunk 1"``."""
+
+
+class ErrorRule(NamedTuple):
+    """One line of an :class:`ErrorMap`: which engine errors, and mepa's error for them.
+
+    Parameters
+    ----------
+    match
+        An exception type (or a tuple of them), or a predicate on the exception.
+    build
+        Makes mepa's error from the engine's and the task's place; the map sets the engine's
+        error as its ``__cause__``.
+    """
+
+    match: type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
+    build: Callable[[BaseException, TaskPlace], BaseException]
+
+    def matches(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is one of this rule's errors."""
+        if isinstance(self.match, (type, tuple)):
+            return isinstance(exc, self.match)
+        return bool(self.match(exc))
+
+
+class ErrorMap:
+    """How an engine's failures become mepa's errors: the first matching rule wins.
+
+    Every adapter translates through one of these (its own rules, then
+    :data:`COMMON_ERRORS`), so that a worker death is a :class:`WorkerCrashedError` and an
+    unpicklable task a :class:`SerializationError` on every backend. Errors no rule matches,
+    such as those a task raised itself, pass through unchanged.
+
+    Parameters
+    ----------
+    *rules
+        :class:`ErrorRule` objects, or other maps whose rules come at that place.
+
+    Examples
+    --------
+    >>> from mepa._executors._futures import TaskFuture
+    >>> lost = ErrorRule(ConnectionResetError, lambda exc, task: WorkerCrashedError(
+    ...     f"the worker of the task on {task.describe()} went away"))
+    >>> errors = ErrorMap(lost, COMMON_ERRORS)
+    >>> errors.translate(ConnectionResetError(), TaskFuture())
+    WorkerCrashedError('the worker of the task on the executor went away')
+    """
+
+    def __init__(self, *rules: ErrorRule | ErrorMap) -> None:
+        flat: list[ErrorRule] = []
+        for rule in rules:
+            flat.extend(rule.rules if isinstance(rule, ErrorMap) else (rule,))
+        self.rules: tuple[ErrorRule, ...] = tuple(flat)
+
+    def translate(self, exc: BaseException, task: TaskPlace) -> BaseException:
+        """Mepa's error for ``exc`` (with ``exc`` as its ``__cause__``), or ``exc`` itself."""
+        for rule in self.rules:
+            if rule.matches(exc):
+                error = rule.build(exc, task)
+                if error is not exc and error.__cause__ is None:
+                    error.__cause__ = exc
+                return error
+        return exc
+
+    @contextlib.contextmanager
+    def raising(self, task: TaskPlace) -> Iterator[None]:
+        """Translate what the block raises (for engine calls made on the host)."""
+        try:
+            yield
+        except Exception as exc:
+            error = self.translate(exc, task)
+            if error is exc:
+                raise
+            raise error from exc
+
+
+def is_pickling_error(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception in its cause or context chain) is a pickling failure.
+
+    Pickle raises :class:`pickle.PicklingError`, but also ``TypeError`` ("cannot pickle
+    '_thread.lock' object") and ``AttributeError`` ("Can't pickle local object"); Dask says
+    "Could not serialize object".
+    """
+    import pickle
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, pickle.PicklingError):
+            return True
+        text = str(current).lower()
+        if isinstance(current, (TypeError, AttributeError)) and (
+            "pickl" in text or "could not serialize" in text
+        ):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _unpicklable(exc: BaseException, task: TaskPlace) -> BaseException:
+    return SerializationError(
+        f"the task on {task.describe()}, its arguments or its result could not be pickled: "
+        f"{exc}; make sure functions, arguments and results are picklable (cloudpickle "
+        "handles lambdas and closures; open files, locks, sockets and clients are not)"
+    )
+
+
+def _as_is(exc: BaseException, task: TaskPlace) -> BaseException:
+    return exc
+
+
+COMMON_ERRORS = ErrorMap(ErrorRule(MepaError, _as_is), ErrorRule(is_pickling_error, _unpicklable))
+"""The rules every remote engine shares, after its own: mepa's errors stay as they are,
+pickling failures become :class:`SerializationError`."""

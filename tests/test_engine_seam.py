@@ -107,3 +107,79 @@ def test_shutdown_does_not_wait_forever_for_events_that_never_come():
         future.result(timeout=0.5)  # gather waits for the task's events, as it must
     assert shutdown_returns(executor)
     assert future.result(timeout=0) == 5  # completed when the hub closed
+
+
+# ---------------------------------------------------------------------------- one error map
+
+
+def test_error_map_first_rule_wins_and_keeps_the_cause():
+    from mepa._errors import COMMON_ERRORS, ErrorMap, ErrorRule
+
+    lost = ErrorRule(
+        ConnectionResetError,
+        lambda exc, task: mepa.WorkerCrashedError(f"lost {task.describe()}", chunk=task.chunk),
+    )
+    errors = ErrorMap(lost, COMMON_ERRORS)
+    task = mepa.TaskFuture(mepa.Worker("w-1"), 3)
+    original = ConnectionResetError("peer")
+    error = errors.translate(original, task)
+    assert isinstance(error, mepa.WorkerCrashedError)
+    assert str(error) == "lost worker 'w-1', chunk 3"
+    assert error.chunk == 3
+    assert error.__cause__ is original
+    mine = KeyError("the task's own")
+    assert errors.translate(mine, task) is mine
+    already = mepa.SerializationError("could not be pickled")  # not wrapped a second time
+    assert errors.translate(already, task) is already
+    with pytest.raises(mepa.WorkerCrashedError) as info, errors.raising(task):
+        raise ConnectionResetError("again")
+    assert isinstance(info.value.__cause__, ConnectionResetError)
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (TypeError("cannot pickle '_thread.lock' object"), True),
+        (AttributeError("Can't pickle local object 'f.<locals>.g'"), True),
+        (TypeError("Could not serialize object of type Lock"), True),
+        (TypeError("unsupported operand"), False),
+        (ValueError("pickle"), False),
+    ],
+)
+def test_is_pickling_error(exc, expected):
+    from mepa._errors import is_pickling_error
+
+    assert is_pickling_error(exc) is expected
+    wrapped = RuntimeError("while sending")
+    wrapped.__cause__ = exc
+    assert is_pickling_error(wrapped) is expected
+
+
+def test_one_bridge_and_remote_traceback_for_every_adapter():
+    from mepa._executors import _dask, _futures
+
+    assert _dask.RemoteTraceback is _futures.RemoteTraceback
+    for module in ("_dask", "_process"):
+        source = __import__(f"mepa._executors.{module}", fromlist=["x"])
+        assert not hasattr(source, "_is_pickling_error")
+        assert not hasattr(source, "_BridgeFuture")
+
+
+def test_bridge_future_forwards_cancel_and_settles_once():
+    from mepa._executors._futures import BridgeFuture, RemoteTraceback
+
+    cancelled = []
+    bridge = BridgeFuture(lambda: cancelled.append(True))
+    assert bridge.cancel()
+    assert cancelled == [True]
+    bridge.resolve(1)  # no effect once done
+    assert bridge.cancelled()
+
+    failing = BridgeFuture()
+    error = ValueError("remote")
+    failing.reject(error, "Traceback (most recent call last): ...")
+    failing.resolve(2)
+    assert failing.exception() is error
+    assert isinstance(error.__cause__, RemoteTraceback)
+    assert "most recent call last" in str(error.__cause__)
+    assert not failing.cancel()

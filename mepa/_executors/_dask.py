@@ -39,7 +39,6 @@ import secrets
 import socket
 import threading
 import time
-import traceback
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping
@@ -50,6 +49,7 @@ import numpy as np
 
 from .._dask_shipping import LocalModules, Slot, TaskExit, dumps_shipped, run_shipped
 from .._errors import (
+    COMMON_ERRORS,
     BrokenExecutor,
     ClusterSpecError,
     SerializationError,
@@ -61,7 +61,7 @@ from .._threads import thread_env
 from .._tree import tree_map
 from .._worker import Worker, physical_cores
 from ._base import Executor
-from ._futures import TaskFuture
+from ._futures import RemoteTraceback, TaskFuture, attach_remote_traceback
 
 if TYPE_CHECKING:
     from distributed.deploy.cluster import Cluster
@@ -576,14 +576,7 @@ class DaskExecutor(Executor):
             out = SystemExit(exc.code)
             out.__dict__.update(exc.__dict__)
             return out
-        if _is_pickling_error(exc):
-            error = SerializationError(
-                f"the task on {future.describe()} or its result could not be pickled: {exc}; "
-                "make sure results are picklable"
-            )
-            error.__cause__ = exc
-            return error
-        return exc
+        return COMMON_ERRORS.translate(exc, future)
 
     # ------------------------------------------------------------------ events
 
@@ -721,7 +714,7 @@ class _DaskTask(concurrent.futures.Future[Any]):
                     return
             if status == "error":
                 exc = dask_future.exception()
-                _attach_remote_traceback(exc, dask_future.traceback())
+                attach_remote_traceback(exc, dask_future.traceback())
                 self._finish(exc=exc)
                 return
         except Exception as exc:  # noqa: BLE001 - lost results, a closed client: the task fails
@@ -834,30 +827,6 @@ def _is_executing(key: str, dask_worker: Any = None) -> bool:
     """Worker side: whether the task ``key`` is running on this worker."""
     state = dask_worker.state.tasks.get(key) if dask_worker is not None else None
     return state is not None and state.state in ("executing", "long-running")
-
-
-class RemoteTraceback(Exception):
-    """The traceback of an exception raised on a Dask worker, attached as its ``__cause__``."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
-
-
-def _attach_remote_traceback(exc: BaseException, tb: Any) -> None:
-    if exc.__cause__ is not None or tb is None:
-        return
-    with contextlib.suppress(Exception):
-        text = "".join(traceback.format_exception(type(exc), exc, tb))
-        exc.__cause__ = RemoteTraceback(f'\n"""\n{text}"""')
-
-
-def _is_pickling_error(exc: BaseException) -> bool:
-    import pickle
-
-    if isinstance(exc, pickle.PicklingError):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, TypeError) and ("pickle" in text or "could not serialize" in text)
 
 
 # ---------------------------------------------------------------------- events on workers

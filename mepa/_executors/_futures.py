@@ -12,12 +12,20 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import threading
+import traceback
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from .._worker import Worker
 
-__all__ = ["TaskFuture", "add_task_note", "chain_cancel"]
+__all__ = [
+    "BridgeFuture",
+    "RemoteTraceback",
+    "TaskFuture",
+    "add_task_note",
+    "attach_remote_traceback",
+    "chain_cancel",
+]
 
 R = TypeVar("R")
 
@@ -82,3 +90,89 @@ def add_task_note(exc: BaseException, note: str) -> None:
         notes.append(note)
         with contextlib.suppress(AttributeError):
             exc.__notes__ = notes  # type: ignore[attr-defined]
+
+
+class BridgeFuture(concurrent.futures.Future[Any]):
+    """A stdlib future completed from an engine's own future (a Dask future, a Ray object).
+
+    An adapter whose engine has no :class:`concurrent.futures.Future` returns one of these
+    from ``_engine_submit`` and completes it from the engine's callback with
+    :meth:`resolve`, :meth:`reject` or :meth:`remote_cancelled`; each is a no-op once the
+    future is done. Cancelling it cancels the engine's task first.
+
+    Parameters
+    ----------
+    cancel_remote
+        Asks the engine to cancel the task; errors it raises are ignored.
+    """
+
+    def __init__(self, cancel_remote: Callable[[], object] | None = None) -> None:
+        super().__init__()
+        self._cancel_remote = cancel_remote
+
+    def cancel(self) -> bool:
+        """Cancel the engine's task, then this future (``False`` once it is done)."""
+        if self.cancelled():
+            return True
+        if self.done():
+            return False
+        if self._cancel_remote is not None:
+            with contextlib.suppress(Exception):
+                self._cancel_remote()
+        return super().cancel()
+
+    def resolve(self, value: Any) -> None:
+        """The task returned ``value``."""
+        with contextlib.suppress(concurrent.futures.InvalidStateError):
+            self.set_result(value)
+
+    def reject(self, exc: BaseException, remote_traceback: Any = None) -> None:
+        """The task (or the engine) raised ``exc``; see :func:`attach_remote_traceback`."""
+        attach_remote_traceback(exc, remote_traceback)
+        with contextlib.suppress(concurrent.futures.InvalidStateError):
+            self.set_exception(exc)
+
+    def remote_cancelled(self) -> None:
+        """The engine cancelled the task on its own (e.g. its client closed)."""
+        if concurrent.futures.Future.cancel(self):
+            self.set_running_or_notify_cancel()
+
+    def resolve_from(self, read: Callable[[], Any]) -> None:
+        """Complete with ``read()``'s value, or with what it raised."""
+        try:
+            value = read()
+        except Exception as exc:  # noqa: BLE001 - the task's failure
+            self.reject(exc)
+        else:
+            self.resolve(value)
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in a remote worker, attached as its ``__cause__``.
+
+    Shown by Python's traceback printing as the cause of the error the task raised, as
+    loky and :mod:`concurrent.futures.process` do.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def attach_remote_traceback(exc: BaseException, tb: Any) -> None:
+    """Set a :class:`RemoteTraceback` as ``exc.__cause__`` unless it already has a cause.
+
+    Parameters
+    ----------
+    exc
+        The exception a task raised, as the host received it.
+    tb
+        The worker's traceback: a traceback object, its formatted text, or ``None``.
+    """
+    if exc.__cause__ is not None or tb is None:
+        return
+    with contextlib.suppress(Exception):
+        if isinstance(tb, str):
+            text = tb
+        else:
+            text = "".join(traceback.format_exception(type(exc), exc, tb))
+        exc.__cause__ = RemoteTraceback(f'\n"""\n{text}"""')

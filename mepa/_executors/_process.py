@@ -39,9 +39,9 @@ import numpy as np
 
 from .._allocation import Allocation, ChunkSelection, PlacedRows
 from .._errors import (
+    COMMON_ERRORS,
     ArgumentTypeError,
     InvalidArgumentError,
-    SerializationError,
     WorkerCrashedError,
 )
 from .._heap import run_kept, worker_env
@@ -347,16 +347,7 @@ class ProcessExecutor(Executor):
         if exc.__dict__.pop(REGION_HELD, False) and future._transport is not None:
             self._retire(future._transport[1])
         self._retire_inputs(exc.__dict__.pop(INPUTS_KEPT, ()))
-        if _is_pickling_error(exc):
-            error = SerializationError(
-                f"the task on {future.describe()} or its result could not be pickled: {exc}; "
-                "make sure functions, arguments and results are picklable (cloudpickle "
-                "handles lambdas and closures; open files, locks and sockets are not)"
-            )
-            error.__cause__ = exc
-            return error
-        return exc
-
+        return COMMON_ERRORS.translate(exc, future)
 
     def _crash_error(
         self, exc: BaseException, future: TaskFuture[Any], number: int | None
@@ -711,19 +702,3 @@ def _shareable(alloc: Allocation) -> bool:
 def _first_exit_code(text: str) -> int | None:
     match = re.search(r"-?\d+", text)
     return int(match.group(0)) if match else None
-
-
-def _is_pickling_error(exc: BaseException) -> bool:
-    import pickle
-
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, pickle.PicklingError):
-            return True
-        text = str(current)
-        if "pickl" in text.lower() and isinstance(current, (TypeError, AttributeError)):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
