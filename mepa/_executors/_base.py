@@ -9,9 +9,11 @@
     result ◀──reassemble── [chunk results] ◀──────────── gather (same structure as given)
 
 Subclasses adapt one engine (the caller's thread, a thread pool, loky processes, a Dask
-cluster). They implement :meth:`Executor._engine_submit` and :meth:`Executor._engine_shutdown`;
-everything a user calls (``submit``, ``map``, ``distribute``, ``gather``, events, progress) is
-built here, so every backend behaves the same and one contract suite tests them all.
+cluster, Ray). They implement the small interface :class:`~mepa._executors._engine.Engine`
+documents (``_engine_submit``, ``_engine_shutdown``, declared ``capabilities`` and ``errors``,
+optionally an event channel and a few hooks); everything a user calls (``submit``, ``map``,
+``distribute``, ``gather``, events, progress) is built here, so every backend behaves the same
+and one contract suite tests them all.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import time
 import types
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar
 
 import numpy as np
 
@@ -35,6 +37,7 @@ from .._allocation import Allocation, arrange, arrange_many
 from .._errors import (
     ArgumentTypeError,
     BrokenExecutor,
+    ErrorMap,
     ExecutorShutdownError,
     InvalidArgumentError,
     WorkerSpecError,
@@ -42,12 +45,13 @@ from .._errors import (
 from .._tree import flatten, iter_leaves, tree_map, unflatten
 from .._types import check_callable, check_timeout, parse_dtype, parse_shape
 from .._worker import Worker
-from ._futures import TaskFuture, add_task_note, chain_cancel
+from ._engine import Capabilities
+from ._futures import Task, TaskFuture, add_task_note
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-    from .._events import EventContext, EventHub
+    from .._events import Channel, EventContext, EventHub
     from .._progress import Progress
 
 __all__ = ["DistributePlan", "Executor", "SubExecutor"]
@@ -70,6 +74,12 @@ class Executor(ABC):
         The workers tasks run on. Their weights decide how :meth:`arrange` splits data.
     """
 
+    capabilities: ClassVar[Capabilities] = Capabilities()
+    """What this backend can do (see :class:`~mepa._executors._engine.Capabilities`)."""
+
+    errors: ClassVar[ErrorMap] = ErrorMap()
+    """How the engine's failures become mepa's errors; the base maps nothing."""
+
     def __init__(self, workers: Sequence[Worker]) -> None:
         self._workers = _check_workers(workers)
         self._lock = threading.RLock()
@@ -91,16 +101,18 @@ class Executor(ABC):
     def _engine_shutdown(self, wait: bool) -> None:
         """Release the engine (threads, processes, cluster connection)."""
 
+    def _event_channel(self, hub: EventHub) -> Channel | None:
+        """The channel remote workers reach ``hub`` through; ``None`` for in-process tasks."""
+        return None
+
     def _prepare_call(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-        future: TaskFuture[Any],
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], task: Task
     ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
         """Wrap a task before it goes to the engine; the default adds the events wrapper."""
         from .._events import run_task
 
-        hint = future._hint
-        if isinstance(hint, ChunkHint):
-            fn = hint.wrap(fn)
+        if task.hint is not None:
+            fn = task.hint.wrap(fn)
         return run_task, (fn, *args), kwargs
 
     def _settle(
@@ -118,6 +130,7 @@ class Executor(ABC):
         """
         from .._events import outcome_tokens, unwrap_outcome
 
+        task = future._task
         outcome: _Outcome
         tokens: Any = ()
         try:
@@ -125,50 +138,48 @@ class Executor(ABC):
                 outcome = _Cancelled()
             elif (exc := engine.exception()) is not None:
                 tokens = outcome_tokens(exc, remove=True)
-                outcome = self._failure(future, exc)
+                outcome = self._failure(task, exc)
             else:
                 value, tokens = unwrap_outcome(engine.result())
                 try:
-                    outcome = _Value(self._decode_result(future, value))
+                    outcome = _Value(self._decode_result(task, value))
                 except Exception as decode_error:  # noqa: BLE001 - it becomes the task's error
-                    _note_hook(decode_error, self, "_decode_result", future)
-                    outcome = self._failure(future, decode_error, noted=True)
+                    _note_hook(decode_error, self, "_decode_result", task)
+                    outcome = self._failure(task, decode_error, noted=True)
         except Exception as exc:  # noqa: BLE001 - never leave the future pending
-            outcome = _Failed(_note_hook(exc, self, "_settle", future))
+            outcome = _Failed(_note_hook(exc, self, "_settle", task))
         finally:
             # The engine's future refers to this one through its callback: break the cycle,
             # or results (and the shared memory under them) wait for the garbage collector.
-            future._engine_cancel = None
+            task.engine = None
         try:
             try:
-                self._task_finished(future)
+                self._task_finished(task)
             except Exception as exc:  # noqa: BLE001 - the hook's error is the task's outcome
-                outcome = _Failed(_note_hook(exc, self, "_task_finished", future))
+                outcome = _Failed(_note_hook(exc, self, "_task_finished", task))
             try:
                 self._after_events(tokens, functools.partial(outcome.apply, future))
             except Exception as exc:  # noqa: BLE001 - bad tokens: fail rather than hang
-                _set_exception(future, _note_hook(exc, self, "_after_events", future))
+                _set_exception(future, _note_hook(exc, self, "_after_events", task))
         finally:
-            future._settled.set()
+            task.settled.set()
 
-    def _failure(
-        self, future: TaskFuture[Any], exc: BaseException, *, noted: bool = False
-    ) -> _Failed:
+    def _failure(self, task: Task, exc: BaseException, *, noted: bool = False) -> _Failed:
         """The task failed with ``exc``: translated, with a note saying where."""
         try:
-            translated = self._translate_error(exc, future)
+            translated = self._translate_error(exc, task)
         except Exception as hook_error:  # noqa: BLE001 - the hook's error is the outcome
             hook_error.__context__ = exc
-            return _Failed(_note_hook(hook_error, self, "_translate_error", future))
+            return _Failed(_note_hook(hook_error, self, "_translate_error", task))
         if not noted:
-            add_task_note(translated, f"raised by a task on {future.describe()}")
+            add_task_note(translated, f"raised by a task on {task.describe()}")
         return _Failed(translated)
 
-    def _decode_result(self, future: TaskFuture[Any], value: Any) -> Any:
+    def _decode_result(self, task: Task, value: Any) -> Any:
         """Turn what the engine returned into the task's result; the default keeps it."""
         return value
 
-    def _task_finished(self, future: TaskFuture[Any]) -> None:  # noqa: B027 - optional hook
+    def _task_finished(self, task: Task) -> None:  # noqa: B027 - optional hook
         """Release what the task held (shared memory, ...); called once per started task."""
 
     def _after_events(self, tokens: Any, then: Callable[[], None]) -> None:
@@ -178,9 +189,9 @@ class Executor(ABC):
         else:
             hub.after(tokens, then)
 
-    def _translate_error(self, exc: BaseException, future: TaskFuture[Any]) -> BaseException:
-        """Map an engine failure to mepa's errors; the default keeps it as it is."""
-        return exc
+    def _translate_error(self, exc: BaseException, task: Task) -> BaseException:
+        """Map an engine failure to mepa's errors with the class's :attr:`errors` map."""
+        return self.errors.translate(exc, task)
 
     # ------------------------------------------------------------------ workers
 
@@ -207,7 +218,7 @@ class Executor(ABC):
 
     def shares_memory(self) -> bool:
         """Whether tasks see the host's memory (an array a task writes to is the host's)."""
-        return False
+        return self.capabilities.shares_memory
 
     def needs_serialization(self) -> bool:
         """Whether arguments and results are pickled on their way to and from the tasks.
@@ -343,7 +354,7 @@ class Executor(ABC):
             if isinstance(leaf, concurrent.futures.Future)
         ]
         future: TaskFuture[Any] = TaskFuture(worker, chunk)
-        future._hint = hint
+        future._task.hint = hint
         if dependencies:
             self._submit_after(future, fn, args, kwargs, dependencies)
         else:
@@ -356,34 +367,35 @@ class Executor(ABC):
     ) -> None:
         root = self._root()
         root._track(future)
+        task = future._task
         hook = "_prepare_call"
         try:
-            call, call_args, call_kwargs = root._prepare_call(fn, args, kwargs, future)
-            future._hint = None  # consumed: the future must not keep an output buffer alive
+            call, call_args, call_kwargs = root._prepare_call(fn, args, kwargs, task)
+            task.hint = None  # consumed: the task must not keep an output buffer alive
             hook = "_engine_submit"
-            engine = root._engine_submit(call, call_args, call_kwargs, future.worker)
+            engine = root._engine_submit(call, call_args, call_kwargs, task.worker)
         except ExecutorShutdownError:
             root._finish_unstarted(future)
             raise
         except Exception as exc:  # noqa: BLE001 - the engine refused the task: its error
-            _note_hook(exc, root, hook, future)
+            _note_hook(exc, root, hook, task)
             root._finish_unstarted(future)
             try:
-                error = root._translate_error(exc, future)
+                error = root._translate_error(exc, task)
             except Exception as hook_error:  # noqa: BLE001 - the hook's error is the outcome
                 hook_error.__context__ = exc
-                error = _note_hook(hook_error, root, "_translate_error", future)
+                error = _note_hook(hook_error, root, "_translate_error", task)
             _set_exception(future, error)
             return
-        chain_cancel(future, engine)
+        task.engine = engine
         engine.add_done_callback(functools.partial(root._settle, future))
 
     def _finish_unstarted(self, future: TaskFuture[Any]) -> None:
         """``_task_finished`` for a task the engine never took; its error fails the future."""
         try:
-            self._task_finished(future)
+            self._task_finished(future._task)
         except Exception as exc:  # noqa: BLE001 - the hook's error is the task's outcome
-            _set_exception(future, _note_hook(exc, self, "_task_finished", future))
+            _set_exception(future, _note_hook(exc, self, "_task_finished", future._task))
 
     def _track(self, future: TaskFuture[Any]) -> None:
         with self._lock:
@@ -394,7 +406,7 @@ class Executor(ABC):
         assert isinstance(future, TaskFuture)
         with self._lock:
             self._pending.discard(future)
-        future._settled.set()
+        future._task.settled.set()
 
     def _submit_after(
         self, future: TaskFuture[Any], fn: Callable[..., Any], args: tuple[Any, ...],
@@ -704,7 +716,11 @@ class Executor(ABC):
     def _make_hub(self) -> EventHub:
         from .._events import EventHub
 
-        return EventHub()
+        hub = EventHub()
+        channel = self._event_channel(hub)
+        if channel is not None:
+            hub.use_channel(channel)
+        return hub
 
     def register(self, callback: Callable[..., Any]) -> EventContext:
         """Bind ``callback`` to a new anonymous event and return its context.
@@ -848,7 +864,7 @@ class ChunkCall:
 class DistributePlan:
     """What an engine prepared for one ``distribute`` call (e.g. data put in shared memory).
 
-    :meth:`hint` is stored on chunk ``i``'s future for the engine's ``_prepare_call``;
+    :meth:`hint` is stored on chunk ``i``'s task for the engine's ``_prepare_call``;
     :meth:`finish` is called once with every future submitted, also when submitting failed.
     """
 
@@ -916,6 +932,11 @@ class SubExecutor(Executor):
 
     def shares_memory(self) -> bool:
         return self._root().shares_memory()
+
+    @property
+    def capabilities(self) -> Capabilities:  # type: ignore[override]
+        """The parent's."""
+        return self._root().capabilities
 
     def create_shared_array(self, shape: int | tuple[int, ...], dtype: Any = float) -> Any:
         return self._root().create_shared_array(shape, dtype)
@@ -1035,14 +1056,12 @@ class _Cancelled:
 _Outcome = _Value | _Failed | _Cancelled
 
 
-def _note_hook(
-    exc: BaseException, executor: Executor, hook: str, future: TaskFuture[Any]
-) -> BaseException:
+def _note_hook(exc: BaseException, executor: Executor, hook: str, task: Task) -> BaseException:
     """Say on ``exc`` which adapter hook raised it, for which task; return ``exc``."""
     add_task_note(
         exc,
         f"raised by the adapter hook {type(executor).__name__}.{hook} while handling the "
-        f"task on {future.describe()}",
+        f"task on {task.describe()}",
     )
     return exc
 
@@ -1056,7 +1075,7 @@ def _wait_for_engine(futures: Sequence[TaskFuture[Any]]) -> None:
     completes or reaches the engine.
     """
     for future in futures:
-        future._settled.wait()
+        future._task.settled.wait()
 
 
 def _forgotten(future: TaskFuture[Any]) -> BrokenExecutor:

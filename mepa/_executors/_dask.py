@@ -61,7 +61,8 @@ from .._threads import thread_env
 from .._tree import tree_map
 from .._worker import Worker, physical_cores
 from ._base import Executor
-from ._futures import RemoteTraceback, TaskFuture, attach_remote_traceback
+from ._engine import Capabilities
+from ._futures import RemoteTraceback, Task, TaskFuture, attach_remote_traceback
 
 if TYPE_CHECKING:
     from distributed.deploy.cluster import Cluster
@@ -170,6 +171,8 @@ class DaskExecutor(Executor):
     ...     executor.submit_and_gather(pow, 2, 10)
     1024
     """
+
+    capabilities = Capabilities(pins_tasks=True, scatters=True)
 
     def __init__(
         self,
@@ -351,10 +354,6 @@ class DaskExecutor(Executor):
         local = _local_hosts()
         return all(_is_local_host(host, local) for host in self._hosts.values())
 
-    def shares_memory(self) -> bool:
-        """Workers are other processes, maybe other machines: ``False``."""
-        return False
-
     def create_shared_array(self, shape: int | tuple[int, ...], dtype: Any = float) -> Any:
         """Not available on Dask: workers do not share the host's memory.
 
@@ -404,10 +403,10 @@ class DaskExecutor(Executor):
         return leaf
 
     def _prepare_call(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-        future: TaskFuture[Any],
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], task: Task
     ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
         # Packing happens in _engine_submit, where a failure fails the future.
+        future = None if task.future is None else task.future()
         return run_shipped, (_Call(fn, args, kwargs, future),), {}
 
     def _engine_submit(
@@ -549,7 +548,7 @@ class DaskExecutor(Executor):
             with contextlib.suppress(Exception):
                 cluster.close()
 
-    def _translate_error(self, exc: BaseException, future: TaskFuture[Any]) -> BaseException:
+    def _translate_error(self, exc: BaseException, future: Task) -> BaseException:
         from distributed.scheduler import KilledWorker
 
         if isinstance(exc, KilledWorker):
@@ -589,8 +588,7 @@ class DaskExecutor(Executor):
         """
         return self._rejected
 
-    def _make_hub(self) -> EventHub:
-        hub = super()._make_hub()
+    def _event_channel(self, hub: EventHub) -> DaskChannel:
         channel = DaskChannel(hub.hub_id, f"mepa-events-{hub.hub_id}", secrets.token_bytes(32))
         deliver = hub.deliver_bytes
 
@@ -607,8 +605,7 @@ class DaskExecutor(Executor):
 
         self._client.subscribe_topic(channel.topic, on_event)
         self._topics.append(channel.topic)
-        hub.use_channel(channel)
-        return hub
+        return channel
 
     def _reject(self, topic: str) -> None:
         self._rejected += 1  # only the client's event loop counts

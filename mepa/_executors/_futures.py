@@ -2,9 +2,9 @@
 
 Every executor returns :class:`TaskFuture`, a :class:`concurrent.futures.Future`, so
 ``concurrent.futures.wait`` and ``as_completed`` work on every backend. The engine's own future
-(loky's, a thread pool's, a Dask one) stays behind it; when it finishes, :func:`settle` unwraps
-the task's outcome, waits until the events the task fired have been dispatched, then completes
-the user's future.
+(loky's, a thread pool's, a Dask one, a :class:`BridgeFuture`) stays behind it, in the task's
+:class:`Task` state; when it finishes, the executor's ``_settle`` unwraps the task's outcome,
+waits until the events the task fired have been dispatched, then completes the user's future.
 """
 
 from __future__ import annotations
@@ -13,21 +13,71 @@ import concurrent.futures
 import contextlib
 import threading
 import traceback
+import weakref
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .._worker import Worker
+
+if TYPE_CHECKING:
+    from ._base import ChunkHint
 
 __all__ = [
     "BridgeFuture",
     "RemoteTraceback",
+    "Task",
     "TaskFuture",
     "add_task_note",
     "attach_remote_traceback",
-    "chain_cancel",
 ]
 
 R = TypeVar("R")
+
+
+class Task:
+    """The executor's own state of one task; its :class:`TaskFuture` carries it.
+
+    Adapter hooks (see :class:`~mepa._executors._engine.Engine`) receive the task, never the
+    user's future.
+
+    Attributes
+    ----------
+    worker, chunk
+        As on :class:`TaskFuture`.
+    hint
+        The :class:`~mepa._executors._base.ChunkHint` of a ``distribute`` chunk, until
+        ``_prepare_call`` consumed it.
+    engine
+        The engine's future once the task was submitted, until it settled.
+    data
+        What the engine adapter keeps for the task between ``_prepare_call`` and
+        ``_task_finished`` (e.g. shared-memory leases); the adapter narrows its type.
+    settled
+        Set once the engine is done with the task and its outcome was handed on (or the
+        future completed without reaching the engine).
+    future
+        A weak reference to the user's future (for engines that map it to their own).
+    """
+
+    __slots__ = ("__weakref__", "chunk", "data", "engine", "future", "hint", "settled", "worker")
+
+    def __init__(self, worker: Worker | None = None, chunk: int | None = None) -> None:
+        self.worker = worker
+        self.chunk = chunk
+        self.hint: ChunkHint | None = None
+        self.engine: concurrent.futures.Future[Any] | None = None
+        self.data: object = None
+        self.settled = threading.Event()
+        self.future: weakref.ReferenceType[TaskFuture[Any]] | None = None
+
+    def describe(self) -> str:
+        """Where the task ran, for error messages: ``"worker 'process-1', chunk 1"``."""
+        parts = []
+        if self.worker is not None:
+            parts.append(f"worker {self.worker.name!r}")
+        if self.chunk is not None:
+            parts.append(f"chunk {self.chunk}")
+        return ", ".join(parts) if parts else "the executor"
 
 
 class TaskFuture(concurrent.futures.Future[R], Generic[R]):
@@ -46,11 +96,8 @@ class TaskFuture(concurrent.futures.Future[R], Generic[R]):
         super().__init__()
         self.worker = worker
         self.chunk = chunk
-        self._engine_cancel: Callable[[], bool] | None = None
-        self._hint: Any = None
-        self._transport: Any = None
-        # Set once the engine is done with the task (its outcome settled) or the future is.
-        self._settled = threading.Event()
+        self._task = Task(worker, chunk)
+        self._task.future = weakref.ref(self)
 
     def cancel(self) -> bool:
         """Cancel the task if the engine has not started it.
@@ -60,24 +107,14 @@ class TaskFuture(concurrent.futures.Future[R], Generic[R]):
         bool
             ``True`` if the task will not run.
         """
-        engine_cancel = self._engine_cancel
-        if engine_cancel is not None and not self.done() and not engine_cancel():
+        engine = self._task.engine
+        if engine is not None and not self.done() and not engine.cancel():
             return False
         return super().cancel()
 
     def describe(self) -> str:
         """Where the task ran, for error messages: ``"worker 'process-1', chunk 1"``."""
-        parts = []
-        if self.worker is not None:
-            parts.append(f"worker {self.worker.name!r}")
-        if self.chunk is not None:
-            parts.append(f"chunk {self.chunk}")
-        return ", ".join(parts) if parts else "the executor"
-
-
-def chain_cancel(future: TaskFuture[Any], engine: concurrent.futures.Future[Any]) -> None:
-    """Make cancelling ``future`` cancel ``engine``."""
-    future._engine_cancel = engine.cancel
+        return self._task.describe()
 
 
 def add_task_note(exc: BaseException, note: str) -> None:

@@ -13,6 +13,7 @@ from .._allocation import Allocation
 from .._threads import check_inner_threads, run_limited
 from .._worker import Worker, make_workers, physical_cores
 from ._base import ChunkCall, ChunkHint, DistributePlan, Executor, _LocalChunk
+from ._engine import Capabilities
 from ._futures import TaskFuture
 
 if TYPE_CHECKING:
@@ -27,9 +28,7 @@ __all__ = ["LinearExecutor", "ThreadExecutor"]
 class _InProcess(Executor):
     """Executors whose tasks run in the host process, in its memory."""
 
-    def shares_memory(self) -> bool:
-        """Tasks run in the host's memory: ``True``."""
-        return True
+    capabilities = Capabilities(shares_memory=True, shared_arrays=True)
 
 
 class LinearExecutor(_InProcess):

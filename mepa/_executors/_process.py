@@ -33,7 +33,7 @@ import threading
 import uuid
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -67,11 +67,25 @@ from .._threads import check_inner_threads, thread_env
 from .._types import check_bool, parse_dtype, parse_shape
 from .._worker import Worker, make_workers, physical_cores
 from ._base import ChunkCall, ChunkHint, DistributePlan, Executor, LazyChunk
-from ._futures import TaskFuture
+from ._engine import Capabilities
+from ._futures import Task
+
+if TYPE_CHECKING:
+    from .._events import Channel, EventHub
 
 __all__ = ["ProcessExecutor"]
 
 _IDLE_TIMEOUT = 60.0
+
+
+class _Transport:
+    """A task's shared-memory leases (its big arguments) and its planned output buffer."""
+
+    __slots__ = ("leases", "output")
+
+    def __init__(self, leases: list[Lease], output: OutputBuffer | None) -> None:
+        self.leases = leases
+        self.output = output
 
 
 class ProcessExecutor(Executor):
@@ -116,6 +130,9 @@ class ProcessExecutor(Executor):
     then puts the rows in place itself).
     """
 
+    capabilities = Capabilities(shared_arrays=True, kills_running=True)
+    errors = COMMON_ERRORS
+
     def __init__(
         self,
         n_workers: int | None = None,
@@ -147,8 +164,8 @@ class ProcessExecutor(Executor):
         self._segments: SegmentPool | None = None
         self._tracker: RunDir | None = None
         self._numbers = itertools.count(1)
-        self._inflight: dict[int, TaskFuture[Any]] = {}  # by task number, until settled
-        self._number_of: dict[int, int] = {}  # id(future) -> its task number
+        self._inflight: dict[int, Task] = {}  # by task number, until settled
+        self._number_of: dict[int, int] = {}  # id(task) -> its task number
         self._terminated: set[int] = set()  # tasks running when terminate_workers() was called
 
     # -- shared memory
@@ -187,45 +204,44 @@ class ProcessExecutor(Executor):
         return data
 
     def _prepare_call(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-        future: TaskFuture[Any],
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], task: Task
     ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
         from .._events import run_task
 
-        tracker = self._number_task(future)
+        tracker = self._number_task(task)
         if self._threshold is None:
             return _run_tracked, (tracker, run_kept, run_task, fn, *args), kwargs
-        hint: _ChunkHint | None = future._hint
+        hint = task.hint
         slot: SegmentRef | None = None
         output: OutputBuffer | None = None
         if hint is not None:
             fn = hint.wrap(fn)
-            slot, output = hint.slot, hint.output
+            if isinstance(hint, _ChunkHint):
+                slot, output = hint.slot, hint.output
         pool = self._pool()
         payload, leases = dumps_shared((fn, args, kwargs), pool, self._threshold)
-        future._transport = (leases, output)
+        task.data = _Transport(leases, output)
         call = (run_kept, run_task, run_payload, payload, pool.prefix, self._threshold, slot)
         return _run_tracked, (tracker, *call), {}
 
-    def _number_task(self, future: TaskFuture[Any]) -> tuple[str, int]:
+    def _number_task(self, task: Task) -> tuple[str, int]:
         """Number the task; its worker records the number while it runs (see _run_tracked)."""
         with self._engine_lock:
             if self._tracker is None:
                 self._tracker = RunDir("tasks")
             number = next(self._numbers)
-            self._inflight[number] = future
-            self._number_of[id(future)] = number
+            self._inflight[number] = task
+            self._number_of[id(task)] = number
             return self._tracker.path, number
 
-    def _decode_result(self, future: TaskFuture[Any], value: Any) -> Any:
-        transport = future._transport
-        if not isinstance(value, SharedResult) or transport is None:
+    def _decode_result(self, task: Task, value: Any) -> Any:
+        transport = task.data
+        if not isinstance(value, SharedResult) or not isinstance(transport, _Transport):
             return value
-        _, output = transport
         if value.held:
-            self._retire(output)
+            self._retire(transport.output)
         self._retire_inputs(value.kept)
-        return loads_result(value.payload, output)
+        return loads_result(value.payload, transport.output)
 
     def _retire(self, output: OutputBuffer | None) -> None:
         """A worker's array still uses ``output``: never hand its segment out again."""
@@ -240,15 +256,14 @@ class ProcessExecutor(Executor):
             for name in names:
                 segments.retire(name)
 
-    def _task_finished(self, future: TaskFuture[Any]) -> None:
+    def _task_finished(self, task: Task) -> None:
         with self._engine_lock:
-            number = self._number_of.pop(id(future), None)
+            number = self._number_of.pop(id(task), None)
             if number is not None:
                 self._inflight.pop(number, None)
-        transport, future._transport = future._transport, None
-        if transport is not None:
-            leases, _ = transport
-            for lease in leases:
+        transport, task.data = task.data, None
+        if isinstance(transport, _Transport):
+            for lease in transport.leases:
                 lease.release()
 
     def _plan_distribute(self, allocations: list[Allocation]) -> DistributePlan | None:
@@ -320,37 +335,35 @@ class ProcessExecutor(Executor):
         if engine is not None:
             engine.shutdown(wait=False, kill_workers=True)
 
-    def _make_hub(self) -> Any:
-        hub = super()._make_hub()
-        hub.process_channel()
-        return hub
+    def _event_channel(self, hub: EventHub) -> Channel:
+        return hub.process_channel()
 
-    def _translate_error(self, exc: BaseException, future: TaskFuture[Any]) -> BaseException:
+    def _translate_error(self, exc: BaseException, task: Task) -> BaseException:
         from loky.process_executor import TerminatedWorkerError
 
-        number = self._number_of.get(id(future))
+        number = self._number_of.get(id(task))
         if number is not None and number in self._terminated:
             self._terminated.discard(number)
             crash = WorkerCrashedError(
-                f"the task on {future.describe()} was stopped by terminate_workers(), with the "
+                f"the task on {task.describe()} was stopped by terminate_workers(), with the "
                 "worker process running it",
-                chunk=future.chunk,
+                chunk=task.chunk,
             )
             crash.__cause__ = exc
             return crash
         if isinstance(exc, TerminatedWorkerError):
-            crash = self._crash_error(exc, future, number)
+            crash = self._crash_error(exc, task, number)
             segments = self._segments
             if segments is not None:
                 segments.cleanup_leftovers()
             return crash
-        if exc.__dict__.pop(REGION_HELD, False) and future._transport is not None:
-            self._retire(future._transport[1])
+        if exc.__dict__.pop(REGION_HELD, False) and isinstance(task.data, _Transport):
+            self._retire(task.data.output)
         self._retire_inputs(exc.__dict__.pop(INPUTS_KEPT, ()))
-        return COMMON_ERRORS.translate(exc, future)
+        return super()._translate_error(exc, task)
 
     def _crash_error(
-        self, exc: BaseException, future: TaskFuture[Any], number: int | None
+        self, exc: BaseException, task: Task, number: int | None
     ) -> WorkerCrashedError:
         """The error of a task lost with a dead worker: which task that worker was running."""
         codes = re.search(r"exit codes of the workers are \{(.*?)\}", str(exc))
@@ -370,16 +383,16 @@ class ProcessExecutor(Executor):
             exc.__dict__[_CULPRITS] = culprits
         if not culprits or any(n == number for n, _, _ in culprits):
             crash = WorkerCrashedError(
-                f"a worker process died while running the task on {future.describe()}{what}; "
+                f"a worker process died while running the task on {task.describe()}{what}; "
                 "it may have crashed, called os._exit, or been killed for using too much "
                 "memory. The executor starts fresh workers on the next call.",
                 exitcode=exitcode,
-                chunk=future.chunk,
+                chunk=task.chunk,
             )
         else:
             ran = "; ".join(f"the task on {where}" for _, where, _ in culprits)
             crash = WorkerCrashedError(
-                f"the task on {future.describe()} was lost: a worker process of this executor "
+                f"the task on {task.describe()} was lost: a worker process of this executor "
                 f"died{what} while running {ran}, and the executor's pool went down with it. "
                 "Submit the task again: the executor starts fresh workers on the next call.",
                 exitcode=exitcode,
