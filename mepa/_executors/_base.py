@@ -1070,12 +1070,19 @@ def _wait_for_engine(futures: Sequence[TaskFuture[Any]]) -> None:
     """Wait until the engine is done with every task of ``futures`` (``shutdown(wait=True)``).
 
     A task is done for the engine once its engine future finished and was settled; its own
-    future may still wait for the task's events, which the hub's closing delivers (or gives
-    up on). A task not yet given to the engine (its arguments are futures) counts once it
-    completes or reaches the engine.
+    future may then still wait for the task's events, which are in transit: they get
+    :data:`EVENT_GRACE` seconds in all to arrive before the engine's channel closes (the hub's
+    closing then completes those futures without them). A task not yet given to the engine
+    (its arguments are futures) counts once it completes or reaches the engine.
     """
     for future in futures:
         future._task.settled.wait()
+    concurrent.futures.wait(futures, timeout=EVENT_GRACE)
+
+
+EVENT_GRACE = 30.0
+"""Seconds ``shutdown(wait=True)`` waits, after the engine finished every task, for events
+still in transit from workers (a channel that lost them cannot hold shutdown forever)."""
 
 
 def _forgotten(future: TaskFuture[Any]) -> BrokenExecutor:
