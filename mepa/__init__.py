@@ -35,7 +35,7 @@ from ._errors import (
 if TYPE_CHECKING:
     from ._allocation import Allocation, ChunkSelection, arrange, arrange_many
     from ._events import EventContext
-    from ._executors._base import Executor, SubExecutor
+    from ._executors._base import Executor, MapIterator, SubExecutor
     from ._executors._dask import DaskExecutor
     from ._executors._futures import TaskFuture
     from ._executors._local import LinearExecutor, ThreadExecutor
@@ -66,6 +66,7 @@ __all__ = [
     "GatherTimeoutError",
     "InvalidArgumentError",
     "LinearExecutor",
+    "MapIterator",
     "MepaError",
     "ProcessExecutor",
     "Progress",
@@ -96,6 +97,7 @@ _LAZY = {
     "EventContext": "._events",
     "Executor": "._executors._base",
     "SubExecutor": "._executors._base",
+    "MapIterator": "._executors._base",
     "DaskExecutor": "._executors._dask",
     "TaskFuture": "._executors._futures",
     "LinearExecutor": "._executors._local",

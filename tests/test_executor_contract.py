@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import gc
 import operator
 import re
 import threading
@@ -153,11 +154,99 @@ def test_gather_progress_bar_counts_tasks(executor, capsys):
 
 
 def test_map_in_order(executor):
-    assert executor.map(square, range(50)) == [i * i for i in range(50)]
-    assert executor.map(operator.add, range(5), range(10, 15), chunksize=2) == [
+    assert list(executor.map(square, range(50))) == [i * i for i in range(50)]
+    assert list(executor.map(operator.add, range(5), range(10, 15), chunksize=2)) == [
         10, 12, 14, 16, 18
     ]
-    assert executor.map(square, []) == []
+    assert list(executor.map(square, [])) == []
+
+
+def test_map_returns_an_iterator(executor):
+    results = executor.map(square, range(5), chunksize=2)
+    assert iter(results) is results
+    assert next(results) == 0
+    assert list(results) == [1, 4, 9, 16]
+    with pytest.raises(StopIteration):
+        next(results)
+
+
+def test_gather_of_a_map_collects_its_results(executor):
+    assert executor.gather(executor.map(square, range(7))) == [i * i for i in range(7)]
+
+
+def divide(a, b):
+    return a / b
+
+
+@pytest.mark.parametrize("chunksize", [1, 4])
+def test_map_exception_comes_from_next_after_the_results_before_it(executor, chunksize):
+    results = executor.map(divide, [1, 2, 3, 4], [1, 2, 0, 4], chunksize=chunksize)
+    assert next(results) == 1.0
+    assert next(results) == 1.0
+    with pytest.raises(ZeroDivisionError):
+        next(results)
+    with pytest.raises(StopIteration):  # as the stdlib's: over after the error
+        next(results)
+
+
+def gated(i, gate, waiting):
+    """Return ``i``; an item in ``waiting`` first marks that it started, then waits for ``gate``.
+
+    The wait is bounded, so that a test of an executor that fails to be lazy fails instead of
+    hanging.
+    """
+    if i in waiting:
+        (gate.parent / f"started-{i}").touch()
+        deadline = time.monotonic() + 20
+        while not gate.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    return i
+
+
+def gated_map(executor, tmp_path, n, **options):
+    gate = tmp_path / "open"
+    waiting = frozenset(range(1, n))  # the first item returns at once, the others wait
+    return gate, executor.map(gated, range(n), [gate] * n, [waiting] * n, chunksize=1, **options)
+
+
+NOT_LAZY = "the linear executor runs every task inside map(): no result is outstanding"
+
+
+def test_map_yields_each_result_as_it_arrives(executor, kind, tmp_path):
+    if kind == "linear":
+        pytest.skip(NOT_LAZY)
+    gate, results = gated_map(executor, tmp_path, 4)
+    assert next(results) == 0  # while the other items still wait
+    assert not gate.exists()
+    gate.touch()
+    assert list(results) == [1, 2, 3]
+
+
+@pytest.mark.parametrize("how", ["timeout", "close", "drop"])
+def test_map_cancels_outstanding_tasks_when_stopped(executor, kind, tmp_path, how):
+    if kind == "linear":
+        pytest.skip(NOT_LAZY)
+    executor.gather(executor.submit(square, 1), timeout=60)  # workers up before the clock
+    n = 12
+    gate, results = gated_map(executor, tmp_path, n, timeout=3.0 if how == "timeout" else None)
+    assert next(results) == 0
+    if how == "timeout":
+        with pytest.raises(concurrent.futures.TimeoutError):
+            next(results)
+        with pytest.raises(StopIteration):  # over after the timeout
+            next(results)
+    elif how == "close":
+        results.close()
+        with pytest.raises(StopIteration):
+            next(results)
+    else:
+        del results
+        gc.collect()
+    gate.touch()
+    executor.shutdown(wait=True)
+    # The workers took only the first items; the last one was cancelled before it started.
+    assert (tmp_path / "started-1").exists()
+    assert not (tmp_path / f"started-{n - 1}").exists()
 
 
 def test_starmap_in_order(executor):

@@ -50,7 +50,7 @@ def test_tasks_run_in_other_processes(executor):
 
 def test_lambdas_and_closures_from_main_work(executor):
     offset = 10
-    assert executor.map(lambda x: x + offset, [1, 2, 3]) == [11, 12, 13]
+    assert list(executor.map(lambda x: x + offset, [1, 2, 3])) == [11, 12, 13]
 
 
 def test_worker_exit_is_a_typed_crash_and_executor_recovers(executor):

@@ -68,7 +68,7 @@ def _build(config: RunConfig) -> ScenarioPlan:
     def mepa_process(stack: contextlib.ExitStack) -> Prepared:
         ex = c.mepa_executor(stack, "process", w)
         return Prepared(
-            call=lambda: ex.map(k.inc, items),
+            call=lambda: list(ex.map(k.inc, items)),
             check=c.equal_check(expected),
             pids=c.mepa_pids(ex, w),
         )
@@ -114,7 +114,9 @@ def _build(config: RunConfig) -> ScenarioPlan:
 
     def mepa_dask(stack: contextlib.ExitStack) -> Prepared:
         ex = c.mepa_executor(stack, "dask", w)
-        return Prepared(call=lambda: ex.map(k.inc, dask_items), check=c.equal_check(dask_expected))
+        return Prepared(
+            call=lambda: list(ex.map(k.inc, dask_items)), check=c.equal_check(dask_expected)
+        )
 
     timed = "one map of all items, results collected in order; pools started before timing"
     groups = [

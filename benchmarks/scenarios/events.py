@@ -170,13 +170,13 @@ def _build(config: RunConfig) -> ScenarioPlan:
         def setup(stack: contextlib.ExitStack) -> Prepared:
             ex = c.mepa_executor(stack, "process", w)
             if not with_updates:
-                return Prepared(call=lambda: ex.map(k.loop_plain, progress_items))
+                return Prepared(call=lambda: list(ex.map(k.loop_plain, progress_items)))
             bar = ex.progress(total=n_progress, disable=True)
             close = getattr(bar, "close", None)
             if callable(close):
                 stack.callback(close)
             args = [(bar, m) for m in progress_items]
-            return Prepared(call=lambda: ex.map(k.loop_with_progress, args))
+            return Prepared(call=lambda: list(ex.map(k.loop_with_progress, args)))
 
         return setup
 

@@ -137,7 +137,7 @@ def _build(config: RunConfig) -> ScenarioPlan:
 
             def first_task(ex: Any) -> Any:
                 submit = getattr(ex, "submit", None)
-                return submit(k.inc, 1).result() if submit else ex.map(k.inc, [1])[0]
+                return submit(k.inc, 1).result() if submit else next(iter(ex.map(k.inc, [1])))
 
             def run() -> Measured:
                 # Untimed: cold = no worker pool alive; warm = a previous executor's pool is,

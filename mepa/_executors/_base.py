@@ -18,6 +18,7 @@ and one contract suite tests them all.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import functools
@@ -28,7 +29,7 @@ import threading
 import time
 import types
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar
 
 import numpy as np
@@ -54,7 +55,7 @@ if TYPE_CHECKING:
     from .._events import Channel, EventContext, EventHub
     from .._progress import Progress
 
-__all__ = ["DistributePlan", "Executor", "SubExecutor"]
+__all__ = ["DistributePlan", "Executor", "MapIterator", "SubExecutor"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -456,7 +457,8 @@ class Executor(ABC):
         ----------
         futures
             One future, or any nesting of lists, tuples and dicts of futures (other leaves
-            pass through unchanged).
+            pass through unchanged), or the iterator :meth:`map` returns (its results are
+            collected into a list).
         timeout
             Seconds to wait in all; ``None`` waits as long as it takes.
         progress
@@ -484,11 +486,13 @@ class Executor(ABC):
                 f"progress must be a bool or a dict of tqdm options, got "
                 f"{type(progress).__name__}: {progress!r}; pass True, or e.g. {{'desc': 'fit'}}"
             )
+        if isinstance(futures, MapIterator):
+            return futures.collect(timeout)
         leaves, spec = flatten(futures)
         for leaf in leaves:
             _check_gathered_leaf(leaf)
         pending = [f for f in leaves if isinstance(f, concurrent.futures.Future)]
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = _deadline(timeout)
         try:
             if progress:
                 self._wait_with_bar(pending, deadline, progress)
@@ -549,10 +553,15 @@ class Executor(ABC):
     def map(
         self, fn: Callable[..., R], *iterables: Iterable[Any], chunksize: int | None = None,
         timeout: float | None = None,
-    ) -> list[R]:
-        """``[fn(*xs) for xs in zip(*iterables)]`` in parallel, results in order.
+    ) -> MapIterator[R]:
+        """``fn(*xs) for xs in zip(*iterables)`` in parallel: an iterator of the results, in order.
 
-        Items are sent in batches of ``chunksize`` so that per-item overhead stays small.
+        As :meth:`concurrent.futures.Executor.map`: every item is submitted at once (in
+        batches of ``chunksize``), and the iterator yields each result as soon as it and
+        every result before it are in. An exception raised by ``fn`` comes out of
+        ``next()`` at its item's place, after the results of the items before it; the
+        tasks not yet started are then cancelled. ``list(executor.map(...))`` or
+        ``executor.gather(executor.map(...))`` collects every result.
 
         Parameters
         ----------
@@ -563,24 +572,42 @@ class Executor(ABC):
         chunksize
             Items per task; ``None`` picks two batches per worker.
         timeout
-            Seconds to wait in all.
+            Seconds, counted from this call, that the iterator waits for results in all;
+            ``None`` waits as long as it takes.
 
         Returns
         -------
-        list
-            One result per item, in order.
+        MapIterator
+            An iterator of one result per item, in order. Closing it (``close()``, or
+            dropping it) before the end cancels the tasks not yet started.
+
+        Raises
+        ------
+        ExecutorShutdownError
+            After :meth:`shutdown` (from this call).
+        Exception
+            From ``next()``: the exception ``fn`` raised for the item, with its type.
+        TimeoutError
+            From ``next()``: ``timeout`` passed before the next result was in.
         """
         self._refuse_in_callback("map")
+        deadline = _deadline(timeout)
         items = list(zip(*iterables, strict=False))
-        return self._map_items(fn, items, chunksize, timeout, star=True)
+        batches = self._submit_batches(fn, items, chunksize, _run_map_batch)
+        return MapIterator(self, batches, deadline)
 
     def starmap(
         self, fn: Callable[..., R], iterable: Iterable[Sequence[Any]], chunksize: int | None = None,
         timeout: float | None = None,
     ) -> list[R]:
-        """``[fn(*args) for args in iterable]`` in parallel, results in order."""
+        """``[fn(*args) for args in iterable]`` in parallel: a list of the results, in order.
+
+        Unlike :meth:`map`, waits for every result (as :meth:`multiprocessing.pool.Pool.starmap`).
+        """
         self._refuse_in_callback("starmap")
-        return self._map_items(fn, list(iterable), chunksize, timeout, star=True)
+        deadline = _deadline(timeout)
+        batches = self._submit_batches(fn, list(iterable), chunksize, _run_map_batch)
+        return list(MapIterator(self, batches, deadline))
 
     def map_async(
         self, fn: Callable[..., R], *iterables: Iterable[Any], chunksize: int | None = None
@@ -590,18 +617,11 @@ class Executor(ABC):
         ``[r for batch in executor.gather(futures) for r in batch]`` is the map's result.
         """
         items = list(zip(*iterables, strict=False))
-        return self._submit_batches(fn, items, chunksize, star=True)
-
-    def _map_items(
-        self, fn: Callable[..., R], items: list[Any], chunksize: int | None,
-        timeout: float | None, star: bool,
-    ) -> list[R]:
-        batches = self._submit_batches(fn, items, chunksize, star)
-        results: list[list[R]] = self.gather(batches, timeout=timeout)
-        return [r for batch in results for r in batch]
+        return self._submit_batches(fn, items, chunksize, _run_star_batch)
 
     def _submit_batches(
-        self, fn: Callable[..., R], items: list[Any], chunksize: int | None, star: bool
+        self, fn: Callable[..., R], items: list[Any], chunksize: int | None,
+        runner: Callable[[Callable[..., R], list[Any]], list[R]],
     ) -> list[TaskFuture[list[R]]]:
         self._check_open()
         if chunksize is None:
@@ -611,7 +631,6 @@ class Executor(ABC):
                 f"chunksize must be a positive int or None, got {chunksize!r}; pass e.g. "
                 "chunksize=100 items per task, or None to choose"
             )
-        runner = _run_star_batch if star else _run_batch
         futures = []
         for start in range(0, len(items), chunksize):
             future: TaskFuture[list[R]] = TaskFuture()
@@ -807,6 +826,86 @@ class Executor(ABC):
         return f"<{type(self).__name__} {state}, {len(self._workers)} workers>"
 
 
+class MapIterator(Iterator[R]):
+    """The results of :meth:`Executor.map`, in order, as they arrive.
+
+    ``next()`` waits for the next item's batch; it raises the exception ``fn`` raised for
+    that item (after the results of the items before it), or :class:`TimeoutError` when the
+    map's ``timeout`` has passed. After either, and after :meth:`close`, the tasks not yet
+    started are cancelled and the iterator is exhausted.
+    """
+
+    def __init__(
+        self, executor: Executor, batches: Sequence[TaskFuture[list[R]]],
+        deadline: float | None,
+    ) -> None:
+        self._executor = executor
+        self._batches: collections.deque[TaskFuture[list[R]]] = collections.deque(batches)
+        self._ready: collections.deque[R] = collections.deque()
+        self._error: BaseException | None = None
+        self._deadline = deadline
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> R:
+        while not self._ready:
+            error, self._error = self._error, None
+            if error is not None:
+                raise error
+            if not self._batches:
+                raise StopIteration
+            self._take_batch()
+        return self._ready.popleft()
+
+    def _take_batch(self) -> None:
+        batch = self._batches[0]
+        try:
+            values = batch.result(_remaining(self._deadline))
+        except KeyboardInterrupt:
+            self._executor._interrupt(list(self._batches))
+            self.close()
+            raise
+        except concurrent.futures.TimeoutError:
+            self.close()
+            raise
+        except concurrent.futures.CancelledError as exc:
+            self._error = exc
+            self.close()
+            return
+        except Exception as exc:  # noqa: BLE001 - fn's error, raised at its item's place
+            self._ready.extend(exc.__dict__.pop(_PARTIAL, ()))
+            self._error = exc
+            self.close()
+            return
+        self._batches.popleft()
+        self._ready.extend(values)
+
+    def close(self) -> None:
+        """Cancel the tasks not yet started and end the iteration (the results in hand stay)."""
+        batches, self._batches = self._batches, collections.deque()
+        for batch in batches:
+            batch.cancel()
+
+    def collect(self, timeout: float | None = None) -> list[R]:
+        """Every remaining result, as a list (what ``executor.gather`` returns for a map).
+
+        Parameters
+        ----------
+        timeout
+            Seconds to wait in all, besides the map's own ``timeout``; ``None`` adds no limit.
+        """
+        deadline = _deadline(timeout)
+        if deadline is not None and (self._deadline is None or deadline < self._deadline):
+            self._deadline = deadline
+        return list(self)
+
+    def __del__(self) -> None:
+        # Dropped before the end: as the stdlib's iterator, stop the work nobody will read.
+        with contextlib.suppress(Exception):
+            self.close()
+
+
 class LazyChunk:
     """A chunk argument the task itself takes from the data, where it runs.
 
@@ -989,6 +1088,11 @@ def _check_gathered_leaf(leaf: Any) -> None:
         )
 
 
+def _deadline(timeout: float | None) -> float | None:
+    seconds = check_timeout(timeout)
+    return None if seconds is None else time.monotonic() + seconds
+
+
 def _remaining(deadline: float | None) -> float | None:
     if deadline is None:
         return None
@@ -1097,10 +1201,21 @@ def _set_exception(future: TaskFuture[Any], exc: BaseException) -> None:
         future.set_exception(exc)
 
 
-def _run_batch(fn: Callable[[Any], R], items: list[Any]) -> list[R]:
-    return [fn(item) for item in items]
-
-
 def _run_star_batch(fn: Callable[..., R], items: list[Sequence[Any]]) -> list[R]:
     return [fn(*item) for item in items]
 
+
+_PARTIAL = "__mepa_partial__"
+"""Attribute of an exception raised by a map batch: the results of the items before it."""
+
+
+def _run_map_batch(fn: Callable[..., R], items: list[Sequence[Any]]) -> list[R]:
+    results: list[R] = []
+    try:
+        for item in items:
+            results.append(fn(*item))
+    except Exception as exc:
+        # Pickled with the exception (its __dict__), so the items before it are not lost.
+        exc.__dict__[_PARTIAL] = results
+        raise
+    return results
