@@ -229,6 +229,7 @@ def run_shipped(payload: bytes, *values: Any) -> Any:
     import pickle
 
     from ._events import TaskResult, run_task
+    from ._payload import run_sent_back
     from ._tree import tree_map
 
     fn, args, kwargs = pickle.loads(payload)
@@ -242,7 +243,7 @@ def run_shipped(payload: bytes, *values: Any) -> Any:
         kwargs = tree_map(fill, kwargs)
     call: Callable[..., Any] = fn
     try:
-        return run_task(call, *args, **kwargs)
+        return run_sent_back(run_task, call, *args, **kwargs)
     except SystemExit as exc:
         # A SystemExit would end the worker's thread (or the worker): carry it as an error.
         carried = TaskExit(exc.code)

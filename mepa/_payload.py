@@ -26,12 +26,15 @@ if TYPE_CHECKING:
     from ._shm import Lease, OutputBuffer, ResultTaker, SegmentPool, SegmentRef, SharedArray
 
 __all__ = [
+    "SentTraceback",
     "SharedResult",
     "dumps_result",
     "dumps_shared",
     "loads_result",
     "loads_shared",
     "run_payload",
+    "run_sent_back",
+    "sendable_exception",
 ]
 
 
@@ -309,3 +312,65 @@ class _InPlace:
         return (_rebuild_array, (h.name, h.offset, h.shape, h.dtype, h.strides, True, h.kind))
 
 
+
+
+def run_sent_back(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    """Worker side of a task whose outcome is pickled back to the host: ``fn(*args, **kwargs)``.
+
+    An exception that cannot make the trip (unpicklable state, or an ``__init__`` that its
+    pickle cannot call again) is replaced by a :class:`~mepa.SerializationError` naming it,
+    so that the host gets the task's error instead of losing the worker or the pool.
+    """
+    try:
+        return fn(*args, **kwargs)
+    except BaseException as exc:
+        error = sendable_exception(exc)
+        if error is exc:
+            raise
+        # The original's traceback goes as text: chained as itself, it would have to be
+        # pickled too (tblib, which Dask uses, pickles causes and contexts).
+        error.__cause__ = SentTraceback("".join(traceback.format_exception(exc)))
+        error.__suppress_context__ = True
+    raise error  # outside the handler: no context to pickle either
+
+
+class SentTraceback(Exception):
+    """The text of a worker's traceback, attached as ``__cause__`` of the error it led to."""
+
+    def __str__(self) -> str:
+        return "\n" + str(self.args[0]) if self.args else ""
+
+
+def sendable_exception(exc: BaseException) -> BaseException:
+    """``exc`` if a pickle of it can be loaded again, else a SerializationError describing it.
+
+    mepa's own marks on ``exc`` (the events it fired, a held result region, a map's partial
+    results) move to the replacement.
+    """
+    try:
+        pickle.loads(cloudpickle.dumps(exc))
+    except Exception as why:  # noqa: BLE001 - any failure means the host could not get it
+        reason = why
+    else:
+        return exc
+    from ._errors import SerializationError
+
+    kind = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    try:
+        message = str(exc)
+    except Exception:  # noqa: BLE001 - even str() of it fails: say so
+        message = "<str() of the exception failed>"
+    error = SerializationError(
+        f"the task raised {kind}: {message}; the exception cannot be sent to the host "
+        f"({type(reason).__name__}: {reason}). Make the exception picklable: pass every "
+        "argument of its __init__ to super().__init__ (or define __reduce__), and keep "
+        "locks, files and sockets out of its attributes"
+    )
+    marks = {k: v for k, v in exc.__dict__.items() if k.startswith(("__mepa", "_mepa"))}
+    error.__dict__.update(marks)
+    try:
+        pickle.loads(cloudpickle.dumps(error))
+    except Exception:  # noqa: BLE001 - a mark itself cannot travel: send the error alone
+        for key in marks:
+            del error.__dict__[key]
+    return error

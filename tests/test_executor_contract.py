@@ -150,6 +150,54 @@ def test_gather_progress_bar_counts_tasks(executor, capsys):
     assert "5/5" in stream.getvalue()
 
 
+class NeedsTwoArguments(Exception):
+    """Its pickle calls ``__init__`` with one argument: it cannot be loaded again."""
+
+    def __init__(self, a, b):
+        super().__init__(f"{a} and {b}")
+
+
+class HoldsALock(Exception):
+    """An attribute that cannot be pickled at all."""
+
+    def __init__(self, message):
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+
+def raise_needs_two():
+    raise NeedsTwoArguments("left", "right")
+
+
+def raise_holds_a_lock():
+    raise HoldsALock("locked state")
+
+
+@pytest.mark.parametrize(
+    ("raiser", "error_type", "message"),
+    [
+        (raise_needs_two, NeedsTwoArguments, "left and right"),
+        (raise_holds_a_lock, HoldsALock, "locked state"),
+    ],
+)
+def test_unpicklable_task_exception_arrives_typed(executor, kind, raiser, error_type, message):
+    bystanders = [executor.submit(slow_identity, i, 0.05) for i in range(4)]
+    failing = executor.submit(raiser)
+    if executor.shares_memory():  # nothing to send: the exception itself arrives
+        with pytest.raises(error_type, match=message):
+            executor.gather(failing, timeout=60)
+    else:
+        with pytest.raises(mepa.SerializationError) as info:
+            executor.gather(failing, timeout=60)
+        text = str(info.value)
+        assert error_type.__qualname__ in text
+        assert message in text
+        assert "cannot be sent to the host" in text
+    # no worker was lost: the other tasks, and the next ones, run as usual
+    assert executor.gather(bystanders, timeout=60) == [0, 1, 2, 3]
+    assert list(executor.map(square, range(4))) == [0, 1, 4, 9]
+
+
 # ---------------------------------------------------------------------------- map
 
 

@@ -52,6 +52,7 @@ from .._payload import (
     dumps_shared,
     loads_result,
     run_payload,
+    run_sent_back,
 )
 from .._rundir import RunDir
 from .._shm import (
@@ -210,7 +211,7 @@ class ProcessExecutor(Executor):
 
         tracker = self._number_task(task)
         if self._threshold is None:
-            return _run_tracked, (tracker, run_kept, run_task, fn, *args), kwargs
+            return _run_tracked, (tracker, run_kept, run_sent_back, run_task, fn, *args), kwargs
         hint = task.hint
         slot: SegmentRef | None = None
         output: OutputBuffer | None = None
@@ -221,7 +222,10 @@ class ProcessExecutor(Executor):
         pool = self._pool()
         payload, leases = dumps_shared((fn, args, kwargs), pool, self._threshold)
         task.data = _Transport(leases, output)
-        call = (run_kept, run_task, run_payload, payload, pool.prefix, self._threshold, slot)
+        call = (
+            run_kept, run_sent_back, run_task, run_payload, payload, pool.prefix,
+            self._threshold, slot,
+        )
         return _run_tracked, (tracker, *call), {}
 
     def _number_task(self, task: Task) -> tuple[str, int]:
