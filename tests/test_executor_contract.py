@@ -5,7 +5,11 @@ from __future__ import annotations
 import concurrent.futures
 import gc
 import operator
+import os
 import re
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 
@@ -575,3 +579,139 @@ def test_sequential_tasks_drop_no_update(executor):
     assert progress.n == 60_000
     progress.close()
     assert "60000/60000" in stream.getvalue()
+
+
+# ------------------------------------------------------------------------ in a fresh interpreter
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_script(kind, tmp_path, body):
+    """Run ``body`` in a new interpreter where ``build()`` makes an executor of ``kind``."""
+    address = None
+    if kind == "dask":
+        from .dask_cluster import shared_cluster
+
+        address = shared_cluster(2).address
+    head = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {REPO!r})
+        import mepa
+
+        KIND = {kind!r}
+
+        def build():
+            if KIND == "dask":
+                return mepa.DaskExecutor({address!r})
+            classes = {{
+                "linear": mepa.LinearExecutor,
+                "thread": mepa.ThreadExecutor,
+                "process": mepa.ProcessExecutor,
+            }}
+            return classes[KIND](2)
+        """
+    )
+    script = tmp_path / "script.py"
+    script.write_text(head + textwrap.dedent(body))
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        check=False, capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+ATEXIT_SCRIPT = """
+import atexit
+import psutil
+
+early = build()
+
+def at_exit():
+    makers = [("early", lambda: early)]
+    if KIND != "dask":
+        makers.append(("late", build))
+    for name, make in makers:
+        ex = make()
+        for call in ("submit", "map"):
+            try:
+                getattr(ex, call)(pow, *([2, 3] if call == "submit" else [[2], [3]]))
+                print(name, call, "accepted")
+            except RuntimeError as exc:
+                print(name, call, "refused:", exc)
+    print("worker processes", len(psutil.Process().children(recursive=True)))
+
+atexit.register(at_exit)
+print("main ends")
+"""
+
+
+def test_submit_from_atexit_is_refused_without_starting_workers(kind, tmp_path):
+    out = run_script(kind, tmp_path, ATEXIT_SCRIPT)
+    assert "main ends" in out
+    assert "accepted" not in out, out
+    assert out.count("refused: cannot schedule new futures after interpreter shutdown") == (
+        2 if kind == "dask" else 4
+    ), out
+    assert "worker processes 0" in out
+
+
+CTRL_C_SCRIPT = """
+import concurrent.futures, os, pathlib, signal, threading, time
+
+HERE = pathlib.Path(__file__).parent
+GATE = HERE / "open"
+
+def gated(i):
+    (HERE / f"started-{i}").touch()
+    deadline = time.monotonic() + 30
+    while not GATE.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return i
+
+ex = build()
+futures = [ex.submit(gated, i) for i in range(6)]
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline and not all(
+    (HERE / f"started-{i}").exists() for i in (0, 1)
+):
+    time.sleep(0.01)
+threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+try:
+    ex.gather(futures, timeout=60)
+    print("not interrupted")
+except KeyboardInterrupt:
+    print("interrupted")
+GATE.touch()
+try:
+    ex.gather(futures, timeout=60)
+    print("again: results")
+except concurrent.futures.CancelledError:
+    print("again: CancelledError")
+except BaseException as exc:
+    print("again:", type(exc).__name__, exc)
+outcomes = []
+for f in futures:
+    try:
+        f.result(timeout=60)
+        outcomes.append("result")
+    except concurrent.futures.CancelledError:
+        outcomes.append("cancelled")
+    except BaseException as exc:
+        outcomes.append(type(exc).__name__)
+print("outcomes", sorted(set(outcomes)))
+ex.shutdown()
+"""
+
+
+def test_gather_after_ctrl_c_raises_cancelled_error(kind, tmp_path):
+    if kind == "linear":
+        pytest.skip("the linear executor runs each task inside submit: gather has nothing to "
+                    "interrupt")
+    out = run_script(kind, tmp_path, CTRL_C_SCRIPT)
+    assert "interrupted" in out, out
+    # the tasks not started were cancelled; those the engine stopped too; the others finished
+    assert "again: CancelledError" in out, out
+    outcomes = out.split("outcomes")[1].strip()
+    assert outcomes in ("['cancelled']", "['cancelled', 'result']"), out

@@ -343,6 +343,7 @@ class Executor(ABC):
     def _check_open(self) -> None:
         if self._is_shutdown:
             raise ExecutorShutdownError("cannot schedule new futures after shutdown")
+        check_not_exiting()
 
     def _submit(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -1046,6 +1047,41 @@ class SubExecutor(Executor):
     def shutdown(self, wait: bool = True) -> None:
         with self._lock:
             self._is_shutdown = True
+
+
+_EXITING = threading.Event()
+
+
+def _interpreter_exiting() -> None:
+    _EXITING.set()
+
+
+# As concurrent.futures does: run when the interpreter starts to exit, before the atexit
+# hooks (and before non-daemon threads are joined), so that nothing submitted from then on
+# starts a worker pool the interpreter would have to wait for or leave behind.
+_register_atexit = getattr(threading, "_register_atexit", None)
+if _register_atexit is not None:
+    _register_atexit(_interpreter_exiting)
+else:  # pragma: no cover - the hook exists since Python 3.9
+    import atexit
+
+    atexit.register(_interpreter_exiting)
+
+
+def check_not_exiting() -> None:
+    """Raise once the interpreter has started to exit (no new tasks, no new worker pools).
+
+    Raises
+    ------
+    ExecutorShutdownError
+        From an ``atexit`` hook, or from a thread still running while the interpreter exits.
+    """
+    if _EXITING.is_set():
+        raise ExecutorShutdownError(
+            "cannot schedule new futures after interpreter shutdown: the interpreter is "
+            "exiting (this runs in an atexit hook or a thread it waits for); submit the work "
+            "before the main module ends"
+        )
 
 
 def _check_workers(workers: Sequence[Worker]) -> tuple[Worker, ...]:

@@ -60,7 +60,7 @@ from .._events import Channel, EventHub, Transport
 from .._threads import thread_env
 from .._tree import tree_map
 from .._worker import Worker, physical_cores
-from ._base import Executor
+from ._base import Executor, check_not_exiting
 from ._engine import Capabilities
 from ._futures import RemoteTraceback, Task, TaskFuture, attach_remote_traceback
 
@@ -228,6 +228,7 @@ class DaskExecutor(Executor):
                 )
             client = _CLIENT(address, security=security, timeout=timeout, set_as_default=False)
         elif address is None:
+            check_not_exiting()  # never start a cluster while the interpreter exits
             self._cluster = _start_local_cluster(n_workers, threads_per_worker, security)
             try:
                 client = _CLIENT(

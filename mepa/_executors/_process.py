@@ -337,6 +337,12 @@ class ProcessExecutor(Executor):
         with self._engine_lock:
             engine, self._engine = self._engine, None
         if engine is not None:
+            # The workers running them stop now: the tasks are cancelled, as the queued ones
+            # are, not failed by the pool going down (loky's ShutdownExecutorError).
+            with self._lock:
+                mine = [f for f in pending if f in self._pending]
+            for future in mine:
+                concurrent.futures.Future.cancel(future)
             engine.shutdown(wait=False, kill_workers=True)
 
     def _event_channel(self, hub: EventHub) -> Channel:
