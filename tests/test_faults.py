@@ -329,7 +329,7 @@ def test_a_stuck_task_blocks_neither_a_new_executor_nor_its_own_termination():
     shutting = threading.Thread(target=stuck_executor.shutdown, daemon=True)
     shutting.start()
     with mepa.ProcessExecutor(2) as fresh:
-        assert fresh.map(pow, [2, 3], [2, 2], timeout=60) == [4, 9]
+        assert list(fresh.map(pow, [2, 3], [2, 2], timeout=60)) == [4, 9]
     with pytest.raises(mepa.GatherTimeoutError, match="1 of 1 tasks unfinished"):
         stuck_executor.gather(stuck, timeout=0.2)
     stuck_executor.terminate_workers()
