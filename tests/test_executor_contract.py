@@ -296,9 +296,11 @@ def test_map_cancels_outstanding_tasks_when_stopped(executor, kind, tmp_path, ho
         gc.collect()
     gate.touch()
     executor.shutdown(wait=True)
-    # The workers took only the first items; the last one was cancelled before it started.
-    assert (tmp_path / "started-1").exists()
-    assert not (tmp_path / f"started-{n - 1}").exists()
+    # The workers took only the first items (two running, a few queued in the engine); the
+    # others were cancelled before they started.
+    started = [i for i in range(n) if (tmp_path / f"started-{i}").exists()]
+    assert 1 in started
+    assert len(started) <= n // 2, started
 
 
 def test_starmap_in_order(executor):
