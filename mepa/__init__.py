@@ -115,6 +115,14 @@ _LAZY = {
 def __getattr__(name: str) -> Any:
     target = _LAZY.get(name)
     if target is None:
+        # Executor classes of the backend registry (e.g. optional backends) by class name.
+        from ._executors import BACKENDS
+
+        for entry in BACKENDS.values():
+            if entry.class_name == name:
+                value = entry.load()
+                globals()[name] = value
+                return value
         raise AttributeError(f"module 'mepa' has no attribute {name!r}")
     import importlib
 

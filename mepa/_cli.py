@@ -19,6 +19,7 @@ from typing import TextIO
 __all__ = ["build_parser", "run"]
 
 EXECUTORS = ("linear", "thread", "process", "dask")
+"""The kinds ``--executor`` accepts besides those the backend registry adds."""
 SIZES = ("small", "default", "large")
 
 DEMO_TOLERANCE = 1e-10
@@ -105,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     demo.add_argument(
-        "--executor", choices=EXECUTORS, default=None,
+        "--executor", choices=_executor_kinds(), default=None,
         help="where to run: linear (this thread), thread, process (default) or dask "
              "(default with --address)",
     )
@@ -201,7 +202,7 @@ def _demo(args: argparse.Namespace, out: TextIO) -> int:
     from ._demo import run_demo
 
     kind = args.executor or ("dask" if args.address else "process")
-    if args.address is not None and kind != "dask":
+    if args.address is not None and kind in ("linear", "thread", "process"):
         raise ValueError(
             f"--address is for the dask executor, got --executor {kind} with --address "
             f"{args.address}; drop --address or use --executor dask"
@@ -238,7 +239,7 @@ def _info(out: TextIO) -> int:
 
     import mepa
 
-    from ._executors._local import LinearExecutor, ThreadExecutor
+    from ._executors import BACKENDS
     from ._worker import physical_cores
 
     cores = physical_cores()
@@ -256,29 +257,20 @@ def _info(out: TextIO) -> int:
         file=out,
     )
     print("executors (default workers: one per physical core):", file=out)
-    for name, factory in (("linear", LinearExecutor), ("thread", ThreadExecutor)):
-        with factory() as executor:
-            print(f"  {name:<8} available  {_workers(executor.workers)}", file=out)
-    try:
-        from ._executors._process import ProcessExecutor
-
-        with ProcessExecutor() as executor:
-            print(
-                f"  {'process':<8} available  {_workers(executor.workers)}  "
-                f"(loky {_version('loky')})",
-                file=out,
-            )
-    except ImportError as exc:
-        print(f"  {'process':<8} missing    ({exc})", file=out)
-    try:
-        _require_dask()
-        print(
-            f"  {'dask':<8} available  embedded LocalCluster: {cores} single-thread workers; "
-            f"with --address, the cluster's workers  (distributed {_version('distributed')})",
-            file=out,
-        )
-    except ImportError as exc:
-        print(f"  {'dask':<8} missing    ({exc})", file=out)
+    for kind, entry in BACKENDS.items():
+        version = f"  ({entry.requires[0]} {_version(entry.requires[0])})" if entry.requires else ""
+        if not entry.available():
+            print(f"  {kind:<8} missing    ({entry.missing()})", file=out)
+        elif entry.remote:
+            print(f"  {kind:<8} available  {entry.summary}{version}", file=out)
+        else:
+            try:
+                with entry.create() as executor:
+                    workers = _workers(executor.workers)
+            except ImportError as exc:
+                print(f"  {kind:<8} missing    ({exc})", file=out)
+            else:
+                print(f"  {kind:<8} available  {workers}{version}", file=out)
     try:
         import matplotlib
 
@@ -286,6 +278,12 @@ def _info(out: TextIO) -> int:
     except ImportError:
         print("plotting: matplotlib missing (demo maps off; pip install 'mepa[plot]')", file=out)
     return EXIT_OK
+
+
+def _executor_kinds() -> tuple[str, ...]:
+    from ._executors import BACKENDS
+
+    return tuple(dict.fromkeys((*EXECUTORS, *BACKENDS)))
 
 
 def _accelerators() -> str:

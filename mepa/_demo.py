@@ -573,7 +573,7 @@ def make_executor(
     """
     from ._executors._local import LinearExecutor, ThreadExecutor
 
-    if address is not None and kind != "dask":
+    if address is not None and kind in ("linear", "thread", "process"):
         raise ValueError(
             f"address is only used by the dask executor, got address={address!r} with "
             f"executor {kind!r}; drop the address or choose the dask executor"
@@ -588,9 +588,9 @@ def make_executor(
         return ProcessExecutor(n_workers)
     if kind == "dask":
         return _dask_executor(n_workers, address)
-    raise ValueError(
-        f"executor kind must be one of 'linear', 'thread', 'process', 'dask', got {kind!r}"
-    )
+    from ._executors import backend
+
+    return backend(kind).create(n_workers, address)  # the registry's other backends
 
 
 def _dask_executor(n_workers: int | None, address: str | None) -> Executor:

@@ -160,14 +160,16 @@ def cluster() -> object:
 
 @pytest.fixture(scope="session", autouse=True)
 def no_leaked_processes() -> Iterator[None]:
-    """After the suite, loky's shared pool is stopped and no child process is left."""
+    """After the suite, the test clusters and the pools backends keep (the registry's
+    cleanups) are stopped, and no child process is left."""
     yield
-    dask_cluster = sys.modules.get("tests.dask_cluster")
-    if dask_cluster is not None:
-        dask_cluster.stop_shared_clusters()
-    from mepa._executors._process import shutdown_worker_pools
+    from mepa._executors import BACKENDS
 
-    shutdown_worker_pools()
+    from .executors import stop_test_clusters
+
+    stop_test_clusters()
+    for entry in BACKENDS.values():
+        entry.stop_kept()  # the worker pools backends keep between executors
     deadline = time.monotonic() + 10.0
     left = _worker_processes()
     while left and time.monotonic() < deadline:

@@ -1,26 +1,60 @@
-"""Build every kind of executor the contract suite runs against.
+"""Build every kind of executor the contract suite runs against, from the backend registry.
 
-The Dask kind connects to a real ``dask scheduler`` with ``dask worker`` processes started
-once per session (see ``tests/dask_cluster.py``), stopped by PID at the end.
+Backends that run on a cluster connect to one started once per session (the Dask kind to a
+real ``dask scheduler`` with ``dask worker`` processes, see ``tests/dask_cluster.py``), stopped
+by :func:`stop_test_clusters` at the end. A backend whose engine is not installed is still
+listed, and its tests are skipped with the reason (how to install it).
 """
 
 from __future__ import annotations
 
-import mepa
+import sys
+from collections.abc import Callable
+from typing import Any
 
-EXECUTOR_KINDS = ["linear", "thread", "process", "dask"]
+import pytest
+
+import mepa
+from mepa._executors import BACKENDS
+
+
+def _dask_address(n_workers: int) -> str:
+    from .dask_cluster import shared_cluster
+
+    return shared_cluster(n_workers).address
+
+
+# kind -> (address of the session's cluster for n workers, module that keeps the clusters,
+# its function that stops them): backends whose test executors share one cluster.
+TEST_CLUSTERS: dict[str, tuple[Callable[[int], str], str, str]] = {
+    "dask": (_dask_address, "tests.dask_cluster", "stop_shared_clusters"),
+}
+
+
+def _param(kind: str) -> Any:
+    entry = BACKENDS[kind]
+    marks = [pytest.mark.skipif(not entry.available(), reason=entry.missing())]
+    if kind == "ray":
+        marks.append(pytest.mark.ray)
+    return pytest.param(kind, marks=marks, id=kind)
+
+
+EXECUTOR_KINDS = [_param(kind) for kind in BACKENDS]
 
 
 def make_executor(kind: str, n_workers: int) -> mepa.Executor:
     """A fresh executor of ``kind`` with ``n_workers`` workers."""
-    if kind == "linear":
-        return mepa.LinearExecutor(n_workers)
-    if kind == "thread":
-        return mepa.ThreadExecutor(n_workers)
-    if kind == "process":
-        return mepa.ProcessExecutor(n_workers)
-    if kind == "dask":
-        from .dask_cluster import shared_cluster
+    entry = BACKENDS[kind]
+    cluster = TEST_CLUSTERS.get(kind)
+    if cluster is None:
+        return entry.create(n_workers)
+    address = cluster[0](n_workers)
+    return entry.load()(address, n_workers=None if kind == "dask" else n_workers)
 
-        return mepa.DaskExecutor(shared_cluster(n_workers).address)
-    raise ValueError(f"unknown executor kind {kind!r}")
+
+def stop_test_clusters() -> None:
+    """Stop the clusters the session started (those whose module was imported)."""
+    for _, module, stop in TEST_CLUSTERS.values():
+        loaded = sys.modules.get(module)
+        if loaded is not None:
+            getattr(loaded, stop)()

@@ -134,9 +134,9 @@ def test_distribute_exception_names_the_chunk(executor):
     assert "chunk 1" in "\n".join(info.value.__notes__)
 
 
-def test_gather_timeout(executor, kind):
-    if kind == "linear":
-        pytest.skip("the linear executor runs each task inside submit")
+def test_gather_timeout(executor):
+    if not executor.capabilities.asynchronous:
+        pytest.skip("this executor runs each task inside submit")
     future = executor.submit(slow_identity, 1, 2.0)
     with pytest.raises(TimeoutError):
         executor.gather(future, timeout=0.05)
@@ -405,11 +405,11 @@ def test_submit_to_pins_and_validates(executor):
         executor.submit_to("elsewhere-9", square, 1)
 
 
-def test_create_shared_array_is_written_in_place(executor, kind):
-    if kind == "dask":
+def test_create_shared_array_is_written_in_place(executor):
+    if not executor.capabilities.shared_arrays:
         pytest.skip(
-            "Dask workers share no memory with the host; DaskExecutor.create_shared_array "
-            "raises NotImplementedError"
+            f"{type(executor).__name__} shares no memory with its workers; its "
+            "create_shared_array raises NotImplementedError"
         )
     out = executor.create_shared_array((10,), np.float64)
     out[:] = 0
@@ -419,6 +419,39 @@ def test_create_shared_array_is_written_in_place(executor, kind):
 
     executor.gather([executor.submit(fill, out, 0, 5), executor.submit(fill, out, 5, 10)])
     np.testing.assert_array_equal(out, np.arange(10.0))
+
+
+def where_am_i(_=None):
+    import os
+    import socket
+
+    return socket.gethostname(), os.getpid()
+
+
+def test_submit_to_runs_on_the_named_worker(executor):
+    if not executor.capabilities.pins_tasks:
+        pytest.skip(f"{type(executor).__name__} does not pin tasks to workers (pins_tasks)")
+    places = {
+        w.name: set(executor.gather([executor.submit_to(w, where_am_i) for _ in range(3)],
+                                    timeout=60))
+        for w in executor.workers
+    }
+    # every task pinned to a worker ran in that worker's process, and the workers differ
+    assert all(len(seen) == 1 for seen in places.values()), places
+    assert len({next(iter(seen)) for seen in places.values()}) == len(places), places
+
+
+def test_gathered_results_are_writable_where_declared(executor):
+    if not executor.capabilities.writable_results:
+        pytest.skip(f"{type(executor).__name__} documents read-only results")
+    small = executor.submit(np.ones, 10)
+    big = executor.submit(np.ones, 1 << 18)
+    data = np.arange(1 << 18, dtype=np.float64)
+    chunks = executor.gather(executor.distribute(np.negative, executor.arrange(data)), timeout=60)
+    for result in [*executor.gather([small, big], timeout=60), *chunks]:
+        assert result.flags.writeable
+        result[0] = 7.0
+        assert result[0] == 7.0
 
 
 # ---------------------------------------------------------------------------- lifecycle

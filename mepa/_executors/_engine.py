@@ -67,6 +67,8 @@ class Capabilities:
     writable_results
         Arrays that ``gather`` returns for ``submit`` and for an unshuffled ``distribute``
         are writable.
+    asynchronous
+        ``submit`` returns before the task ran (false where tasks run inside ``submit``).
     """
 
     shares_memory: bool = False
@@ -75,6 +77,7 @@ class Capabilities:
     scatters: bool = False
     kills_running: bool = False
     writable_results: bool = True
+    asynchronous: bool = True
 
 
 class Engine(Protocol):

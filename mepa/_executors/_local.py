@@ -51,6 +51,8 @@ class LinearExecutor(_InProcess):
     1024
     """
 
+    capabilities = Capabilities(shares_memory=True, shared_arrays=True, asynchronous=False)
+
     def __init__(self, n_workers: int | None = None) -> None:
         super().__init__(make_workers("linear", n_workers, physical_cores()))
         self._interrupted = threading.local()
