@@ -90,10 +90,9 @@ SIZES: dict[str, tuple[int, float]] = {
 
 _DEFAULT_BLOCK_BYTES = 2**23
 """Bound on the temporaries of one block of :func:`forward` (bytes): about 130,000
-receiver-cell pairs per NumPy call at the default size. Calls that big spend most of their time
-in NumPy's loops, with the GIL released, so the demo's kernel also scales on threads; with 1 MiB
-blocks (2 receivers x 7,520 cells per call) Python's overhead between calls held the GIL most of
-the time and threads ran no faster than one."""
+receiver-cell pairs per NumPy call at the default size (1 MiB gave 2 receivers x 7,520 cells).
+Fewer, bigger calls spend less of their time in Python between NumPy's loops, where a thread
+holds the GIL; temporaries of about 1 MiB each are the price."""
 
 
 # ------------------------------------------------------------------------------ physics
