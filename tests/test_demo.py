@@ -308,7 +308,7 @@ def test_gil_bound_threads_are_told_apart_from_other_programs() -> None:
     assert "larger --size" in small
 
 
-def test_numpy_calls_of_the_kernel_are_big_enough_to_release_the_gil_most_of_the_time() -> None:
+def test_numpy_calls_of_the_kernel_cover_at_least_100_000_pairs() -> None:
     # forward() sizes its blocks so that temporaries of 8 float64 per pair fit block_bytes:
     # at the default size (7,520 cells) each NumPy call covers this many receiver-cell pairs.
     cells = len(make_problem("default").cells)
