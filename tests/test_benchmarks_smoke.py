@@ -54,6 +54,7 @@ EXPECTED_VARIANTS = {
         "dask-client-map",
         "mepa-dask",
     ],
+    "dask_arrays": ["scatter-submit-gather", "dask-array", "mepa-dask"],
     "events": ["mepa-process", "manager-queue", "simple-queue", "progress-off", "progress-on"],
     "startup": [
         "python-pass",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .._harness import Scenario
+from .dask_arrays import DASK_ARRAYS
 from .demo import DEMO
 from .dispatch import DISPATCH
 from .events import EVENTS
@@ -17,6 +18,7 @@ __all__ = ["SCENARIOS"]
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in (
-        CPU_MAP, MEMORY_MAP, SHUFFLED_MAP, DISPATCH, EVENTS, STARTUP, DEMO, NUMBA_KERNEL,
+        CPU_MAP, MEMORY_MAP, SHUFFLED_MAP, DISPATCH, DASK_ARRAYS, EVENTS, STARTUP, DEMO,
+        NUMBA_KERNEL,
     )
 }
