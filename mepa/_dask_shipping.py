@@ -51,7 +51,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-__all__ = ["LocalModules", "Slot", "TaskExit", "dumps_shipped", "run_shipped"]
+__all__ = ["LocalModules", "Slot", "TaskExit", "dumps_shipped", "main_script", "run_shipped"]
 
 _REGISTRY_LOCK = threading.Lock()
 """cloudpickle's by-value registry is global: register, dump and unregister under this lock."""
@@ -109,8 +109,16 @@ class LocalModules:
         self._lock = threading.Lock()
 
     def roots(self) -> tuple[Path, ...]:
-        """The directories whose modules are shipped: the working directory and ``extra_paths``."""
-        return (Path.cwd().resolve(), *self._extra)
+        """The directories whose modules are shipped.
+
+        The working directory, the running script's directory (``python dir/script.py`` run
+        from elsewhere imports its neighbours from there) and ``extra_paths``.
+        """
+        roots = [Path.cwd().resolve()]
+        script = main_script()
+        if script is not None and script.parent not in roots:
+            roots.append(script.parent)
+        return (*roots, *self._extra)
 
     def names(self) -> list[str]:
         """Names of the imported modules to ship, sorted.
@@ -162,6 +170,14 @@ class LocalModules:
             if parent in roots:
                 return False
         return False
+
+
+def main_script() -> Path | None:
+    """The file of the running ``__main__`` script, if it is one (not ``-c``, stdin, a REPL)."""
+    file = getattr(sys.modules.get("__main__"), "__file__", None)
+    if not file or not str(file).endswith(".py"):
+        return None
+    return Path(file).resolve()
 
 
 def _system_dirs() -> tuple[Path, ...]:

@@ -37,6 +37,7 @@ import queue
 import re
 import secrets
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -47,7 +48,14 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import distributed
 import numpy as np
 
-from .._dask_shipping import LocalModules, Slot, TaskExit, dumps_shipped, run_shipped
+from .._dask_shipping import (
+    LocalModules,
+    Slot,
+    TaskExit,
+    dumps_shipped,
+    main_script,
+    run_shipped,
+)
 from .._errors import (
     COMMON_ERRORS,
     BrokenExecutor,
@@ -62,7 +70,7 @@ from .._tree import tree_map
 from .._worker import Worker, physical_cores
 from ._base import Executor, check_not_exiting
 from ._engine import Capabilities
-from ._futures import RemoteTraceback, Task, TaskFuture, attach_remote_traceback
+from ._futures import RemoteTraceback, Task, TaskFuture, add_task_note, attach_remote_traceback
 
 if TYPE_CHECKING:
     from distributed.deploy.cluster import Cluster
@@ -576,7 +584,32 @@ class DaskExecutor(Executor):
             out = SystemExit(exc.code)
             out.__dict__.update(exc.__dict__)
             return out
+        if isinstance(exc, ModuleNotFoundError) and exc.name:
+            hint = self._missing_module_hint(exc.name)
+            if hint:
+                add_task_note(exc, hint)
+            return exc
         return COMMON_ERRORS.translate(exc, future)
+
+    def _missing_module_hint(self, name: str) -> str:
+        """What to do about a module the host imported but a worker cannot (or ``""``)."""
+        top = name.split(".")[0]
+        module = sys.modules.get(name) or sys.modules.get(top)
+        file = getattr(module, "__file__", None)
+        if module is None or not file:
+            return ""
+        if not str(file).endswith(".py") or _has_extension(module):
+            return (
+                f"the host imports {name!r} from {file}, which is (or contains) a compiled "
+                "extension module: extensions cannot be shipped with the task, so install "
+                f"the package on every Dask worker (and the scheduler), e.g. 'pip install "
+                f"{top}' in their environment"
+            )
+        return (
+            f"the host imports {name!r} from {file}, which is not shipped (only modules under "
+            "the working directory, the script's directory and extra_paths are): pass "
+            "extra_paths=[its directory], or install it on every Dask worker"
+        )
 
     # ------------------------------------------------------------------ events
 
@@ -927,6 +960,48 @@ class _LogEventTransport:
 # ---------------------------------------------------------------------- helpers
 
 
+def _has_extension(module: Any) -> bool:
+    """Whether a package directory holds compiled extension modules."""
+    paths = getattr(module, "__path__", None) or ()
+    suffixes = (".so", ".pyd")
+    for path in paths:
+        with contextlib.suppress(OSError):
+            for _root, _dirs, files in os.walk(path):
+                if any(f.endswith(suffixes) for f in files):
+                    return True
+    return False
+
+
+def _check_main_can_spawn() -> None:
+    """Refuse, in one sentence, to start worker processes that would fail to import __main__."""
+    import ast
+
+    main = sys.modules.get("__main__")
+    if getattr(main, "__file__", None) is None and sys.argv and sys.argv[0] == "-":
+        raise ClusterSpecError(
+            "DaskExecutor() cannot start its embedded cluster from a script read from stdin: "
+            "its worker processes import the main script again, so save it to a file and run "
+            "that, or connect to a running scheduler with DaskExecutor('tcp://host:port')"
+        )
+    script = main_script()
+    if script is None:
+        return
+    try:
+        tree = ast.parse(script.read_bytes())
+    except (OSError, SyntaxError, ValueError):
+        return
+    for node in tree.body:
+        if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test) \
+                and "__name__" in ast.unparse(node.test):
+            return
+    raise ClusterSpecError(
+        f"DaskExecutor() cannot start its embedded cluster from {script.name}, which has no "
+        'if __name__ == "__main__": block: its worker processes import the script again and '
+        "would start clusters of their own, so put the code that creates the executor under "
+        'if __name__ == "__main__":'
+    )
+
+
 def _start_local_cluster(
     n_workers: int | None, threads_per_worker: int | None, security: Security | None
 ) -> distributed.LocalCluster:
@@ -937,6 +1012,7 @@ def _start_local_cluster(
                 f"{name} must be a positive int or None, got {value!r}; pass None for the "
                 "default (one single-thread worker per physical core)"
             )
+    _check_main_can_spawn()
     protocol = "tls://" if security is not None and security.require_encryption else None
     local_cluster: Any = distributed.LocalCluster
     cluster: distributed.LocalCluster = local_cluster(
