@@ -110,13 +110,15 @@ class DaskCluster:
 
     # processes -----------------------------------------------------------------------------
 
-    def _spawn(self, args: list[str], label: str) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, args: list[str], label: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         cwd = self.root / label
         cwd.mkdir()
         log = open(cwd / "log.txt", "wb")  # noqa: SIM115 - closed with the process
         try:
             return subprocess.Popen(
-                [sys.executable, *args], cwd=cwd, env=self._env, stdout=log,
+                [sys.executable, *args], cwd=cwd, env={**self._env, **(env or {})}, stdout=log,
                 stderr=subprocess.STDOUT,
                 # Only prctl runs between fork and exec: async-signal-safe enough here.
                 preexec_fn=_die_with_parent,  # noqa: PLW1509
@@ -151,8 +153,10 @@ class DaskCluster:
         path = self.root / label / "log.txt"
         return path.read_text(errors="replace")[-3000:] if path.exists() else ""
 
-    def add_worker(self, nthreads: int = 1, name: str | None = None) -> WorkerProcess:
-        """Start a worker and wait until the scheduler lists it."""
+    def add_worker(
+        self, nthreads: int = 1, name: str | None = None, env: dict[str, str] | None = None
+    ) -> WorkerProcess:
+        """Start a worker (``env``: more environment variables) until the scheduler lists it."""
         with self._lock:
             self._counter += 1
             label = f"worker-{self._counter}"
@@ -162,7 +166,7 @@ class DaskCluster:
                 "--death-timeout", "60"]
         if name is not None:
             args += ["--name", name]
-        proc = self._spawn(args, label)
+        proc = self._spawn(args, label, env)
         deadline = time.monotonic() + START_TIMEOUT
         try:
             while True:

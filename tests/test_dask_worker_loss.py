@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from mepa import BrokenExecutor
+from mepa import BrokenExecutor, WorkerCrashedError, WorkerSpecError
 
 from .dask_cluster import DaskCluster
 
@@ -154,3 +154,33 @@ def test_new_workers_get_work_at_the_next_arrange():
         assert len(alloc) == 2
         placed = ex.distribute_and_gather(pid_and_negate, alloc, 0)
         assert late.pid in [pid for pid, _ in placed]
+
+
+def test_strict_pinning_runs_on_the_worker_or_fails_typed():
+    with DaskCluster(n_workers=2) as cluster, DaskExecutor(
+        cluster.address, strict_pinning=True
+    ) as ex:
+        target = ex.workers[0]
+        # the other worker is idle, yet queued tasks never leave their worker
+        futures = [ex.submit_to(target, pid_and_negate, np.zeros(1), 0.3) for _ in range(4)]
+        pids = {pid for pid, _ in ex.gather(futures, timeout=120)}
+        (proc,) = [w for w in cluster.workers if w.address == ex.worker_address(target)]
+        assert pids == {proc.pid}
+        pinned = ex.submit_to(target, sleep_then, 1, 30.0)
+        time.sleep(0.5)
+        cluster.stop_worker(proc, kill=True)
+        with pytest.raises(WorkerCrashedError, match="strict_pinning=True") as info:
+            pinned.result(timeout=60)
+        assert proc.address in str(info.value)
+
+
+def test_a_worker_without_mepa_is_reported_at_start(tmp_path):
+    shadow = tmp_path / "shadow"
+    (shadow / "mepa").mkdir(parents=True)
+    (shadow / "mepa" / "__init__.py").write_text("raise ImportError('no mepa on this worker')\n")
+    with DaskCluster(n_workers=1) as cluster:
+        bad = cluster.add_worker(env={"PYTHONPATH": str(shadow)})
+        with pytest.raises(WorkerSpecError, match="1 of 2 Dask workers cannot import mepa") as info:
+            DaskExecutor(cluster.address)
+        assert bad.address in str(info.value)
+        assert "no mepa on this worker" in str(info.value)

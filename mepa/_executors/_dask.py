@@ -129,6 +129,11 @@ class DaskExecutor(Executor):
         Workers to wait for (up to ``timeout`` seconds) before the constructor returns, e.g.
         the node count of queued batch jobs. ``0`` starts at once, also on an adaptive cluster
         that has no worker yet: tasks then wait for the cluster to scale up.
+    strict_pinning
+        ``False`` (default): a pinned task (:meth:`submit_to`, :meth:`distribute`) prefers its
+        worker, and Dask may run it elsewhere (a busy worker's queue is stolen from; a worker
+        that left is replaced). ``True``: it runs on its worker only, and fails with
+        :class:`~mepa.WorkerCrashedError` if that worker leaves first.
     no_worker_timeout
         Seconds the cluster may have no worker at all while tasks are pending; then those
         tasks fail with :class:`~mepa.BrokenExecutor` saying that no worker is left. Raise it
@@ -195,6 +200,7 @@ class DaskExecutor(Executor):
         timeout: float = 30.0,
         wait_for_workers: int = 1,
         no_worker_timeout: float = 60.0,
+        strict_pinning: bool = False,
     ) -> None:
         self._cluster: distributed.LocalCluster | None = None
         self._owns_client = True
@@ -280,6 +286,11 @@ class DaskExecutor(Executor):
         except BaseException:
             self._close_owned()
             raise
+        try:
+            _check_mepa_on_workers(self._client)
+        except BaseException:
+            self._close_owned()
+            raise
         self._modules = LocalModules(extra_paths, excludes) if upload_modules else None
         self._dask_futures: weakref.WeakKeyDictionary[TaskFuture[Any], Any] = (
             weakref.WeakKeyDictionary()
@@ -288,6 +299,7 @@ class DaskExecutor(Executor):
         self._topics: list[str] = []
         self._rejected = 0
         self._no_worker_timeout = _positive("no_worker_timeout", no_worker_timeout)
+        self._strict = bool(strict_pinning)
         self._live: set[str] = set(self._addresses.values()) - {_PENDING_WORKER}
         self._changed = False
         self._running: set[_DaskTask] = set()
@@ -468,7 +480,13 @@ class DaskExecutor(Executor):
         return list(self._client.scatter(values, hash=False))
 
     def _pin(self, address: str | None) -> dict[str, Any]:
-        if address is None or address not in self._live:
+        if address is None or address == _PENDING_WORKER:
+            return {}
+        if self._strict:
+            if address not in self._live:
+                raise _PinnedWorkerLeft(address)
+            return {"workers": [address], "allow_other_workers": False}
+        if address not in self._live:
             return {}
         return {"workers": [address], "allow_other_workers": True}
 
@@ -499,6 +517,11 @@ class DaskExecutor(Executor):
                         "start the scheduler again and make a new DaskExecutor"
                     ))
                 return
+            if self._strict:
+                for task in list(self._running):
+                    if task.address is not None and task.address != _PENDING_WORKER \
+                            and task.address not in self._live:
+                        task.fail(_PinnedWorkerLeft(task.address))
             if not self._running or self._live:
                 empty_since = None
                 continue
@@ -580,6 +603,14 @@ class DaskExecutor(Executor):
                 chunk=future.chunk,
             )
             return crash
+        if isinstance(exc, _PinnedWorkerLeft):
+            return WorkerCrashedError(
+                f"the task on {future.describe()} was pinned to Dask worker {exc.address} "
+                "(strict_pinning=True), which left the cluster before the task finished; "
+                "arrange again to use the workers there are now, or pass strict_pinning=False "
+                "to let other workers take over",
+                chunk=future.chunk,
+            )
         if isinstance(exc, TaskExit):
             out = SystemExit(exc.code)
             out.__dict__.update(exc.__dict__)
@@ -807,6 +838,14 @@ class _InputLost(Exception):
         self.attempts = attempts
 
 
+class _PinnedWorkerLeft(Exception):
+    """The worker a strictly pinned task must run on is gone."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(address)
+        self.address = address
+
+
 class _Fetcher:
     """Daemon threads that complete finished tasks (fetch results) in parallel.
 
@@ -970,6 +1009,28 @@ def _has_extension(module: Any) -> bool:
                 if any(f.endswith(suffixes) for f in files):
                     return True
     return False
+
+
+def _check_mepa_on_workers(client: Any) -> None:
+    """Raise :class:`WorkerSpecError` naming the workers that cannot import mepa."""
+    if not client.scheduler_info(n_workers=-1).get("workers"):
+        return
+    # exec is a builtin: the workers need nothing of mepa's to run the check itself.
+    answers = client.run(exec, "import mepa._dask_shipping", on_error="return", nanny=False)
+    broken = {address: a for address, a in answers.items() if isinstance(a, BaseException)}
+    if broken:
+        shown = "; ".join(f"{address}: {type(a).__name__}: {a}" for address, a in broken.items())
+        raise WorkerSpecError(
+            f"{len(broken)} of {len(answers)} Dask workers cannot import mepa ({shown}); they "
+            "would fail every task given to them: install mepa (the host has "
+            f"{_mepa_version()}) in the workers' environment, or stop those workers"
+        )
+
+
+def _mepa_version() -> str:
+    from .. import __version__
+
+    return f"mepa {__version__}"
 
 
 def _check_main_can_spawn() -> None:
