@@ -475,6 +475,93 @@ def test_shutdown_waits_for_running_tasks(kind):
     assert [f.result() for f in futures] == [0, 1, 2]
 
 
+def wait_for_markers(tmp_path, count, limit=60.0):
+    """Wait until ``count`` gated tasks have started (bounded)."""
+    deadline = time.monotonic() + limit
+    while len(list(tmp_path.glob("started-*"))) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(list(tmp_path.glob("started-*"))) >= count
+
+
+def submit_gated(ex, tmp_path, n):
+    gate = tmp_path / "open"
+    waiting = frozenset(range(n))
+    return gate, [ex.submit(gated, i, gate, waiting) for i in range(n)]
+
+
+NOTHING_IN_FLIGHT = "the linear executor runs each task inside submit: nothing is in flight"
+
+
+def test_shutdown_without_wait_lets_running_and_queued_tasks_finish(kind, tmp_path):
+    if kind == "linear":
+        pytest.skip(NOTHING_IN_FLIGHT)
+    ex = make_executor(kind, 2)
+    gate, futures = submit_gated(ex, tmp_path, 6)
+    wait_for_markers(tmp_path, 2)
+    ex.shutdown(wait=False)
+    assert not all(f.done() for f in futures)  # it returned without waiting
+    with pytest.raises(ExecutorShutdownError, match="after shutdown"):
+        ex.submit(square, 1)
+    threading.Timer(0.2, gate.touch).start()
+    ex.shutdown(wait=True)  # called again: now waits
+    assert all(f.done() for f in futures)
+    assert [f.result() for f in futures] == list(range(6))
+
+
+@pytest.mark.parametrize("wait", [True, False])
+def test_shutdown_cancel_futures_cancels_what_has_not_started(kind, tmp_path, wait, request):
+    if kind == "linear":
+        pytest.skip(NOTHING_IN_FLIGHT)
+    if kind == "dask":
+        request.applymarker(pytest.mark.xfail(
+            reason="DaskExecutor.cancel() can return True for a task already queued on a "
+            "worker, which then runs anyway", strict=False,
+        ))
+    ex = make_executor(kind, 2)
+    n = 10
+    gate, futures = submit_gated(ex, tmp_path, n)
+    wait_for_markers(tmp_path, 2)
+    running = [i for i in range(n) if (tmp_path / f"started-{i}").exists()]
+    threading.Timer(0.2, gate.touch).start()
+    ex.shutdown(wait=wait, cancel_futures=True)
+    ex.shutdown(wait=True)
+    for i, future in enumerate(futures):
+        assert future.done()
+        if future.cancelled():
+            assert not (tmp_path / f"started-{i}").exists(), f"cancelled task {i} ran"
+        else:
+            assert future.result() == i
+    assert all(not futures[i].cancelled() for i in running)  # running tasks are never cancelled
+    assert futures[-1].cancelled()
+
+
+def test_running_while_the_task_runs_and_cancel_refuses_it(executor, kind, tmp_path):
+    if kind == "linear":
+        pytest.skip(NOTHING_IN_FLIGHT)
+    gate = tmp_path / "open"
+    future = executor.submit(gated, 1, gate, frozenset({1}))
+    wait_for_markers(tmp_path, 1)
+    assert future.running()
+    assert not future.cancel()  # a running task cannot be cancelled
+    assert not future.cancelled()
+    gate.touch()
+    assert future.result(timeout=60) == 1
+    assert not future.running()
+
+
+def test_cancelled_futures_are_done_for_wait_and_as_completed(executor, kind, tmp_path):
+    if kind == "linear":
+        pytest.skip(NOTHING_IN_FLIGHT)
+    gate, futures = submit_gated(executor, tmp_path, 8)
+    wait_for_markers(tmp_path, 2)
+    cancelled = [f for f in futures if f.cancel()]
+    assert cancelled
+    _, not_done = concurrent.futures.wait(cancelled, timeout=30)
+    assert not not_done
+    assert set(concurrent.futures.as_completed(cancelled, timeout=30)) == set(cancelled)
+    gate.touch()
+
+
 def test_bad_construction():
     with pytest.raises(WorkerSpecError, match="n_workers must be a positive int"):
         mepa.ThreadExecutor(0)

@@ -88,6 +88,7 @@ class Executor(ABC):
         self._hub: EventHub | None = None
         self._progress_bars: list[Progress] = []
         self._pending: set[TaskFuture[Any]] = set()
+        self._releaser: threading.Thread | None = None
 
     # ------------------------------------------------------------------ engine hooks
 
@@ -369,6 +370,8 @@ class Executor(ABC):
     ) -> None:
         root = self._root()
         root._track(future)
+        if self is not root:
+            self._track(future)  # a sub-executor's shutdown waits for (or cancels) its own
         task = future._task
         hook = "_prepare_call"
         try:
@@ -439,7 +442,7 @@ class Executor(ABC):
                     _set_exception(future, exc)
                     return
             try:
-                self._check_open()
+                # Submitted before any shutdown: it runs, as every task submitted does.
                 self._start(future, fn, tree_map(resolve, args), tree_map(resolve, kwargs))
             except Exception as exc:  # noqa: BLE001 - starting failed: the task's error
                 _set_exception(future, exc)
@@ -785,27 +788,51 @@ class Executor(ABC):
 
     # ------------------------------------------------------------------ lifecycle
 
-    def shutdown(self, wait: bool = True) -> None:
-        """Stop accepting tasks and release the engine; calling it again does nothing.
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting tasks; release the engine once the tasks in flight are done.
+
+        As :meth:`concurrent.futures.Executor.shutdown`: the tasks already submitted, running
+        or queued, still run (and their futures complete) unless ``cancel_futures`` cancels
+        those not started; ``submit`` raises from now on. Calling it again is allowed: it
+        cancels or waits as asked, and releases nothing twice.
 
         Parameters
         ----------
         wait
-            Wait for running tasks (and the events they fired) before returning.
+            Return once every task is done and the engine (threads, worker processes, the
+            cluster connection) and the event dispatcher are released. ``False`` returns at
+            once; they are released in the background when the last task is done (the
+            interpreter waits for that before it exits).
+        cancel_futures
+            Cancel the tasks that have not started; running tasks are never interrupted.
         """
         if wait:
             self._refuse_in_callback("shutdown")
         with self._lock:
-            if self._is_shutdown:
-                return
+            first = not self._is_shutdown
             self._is_shutdown = True
             pending = list(self._pending)
-        if wait:
-            _wait_for_engine(pending)
-        else:
+        if cancel_futures:
             for future in pending:
                 future.cancel()
-        self._engine_shutdown(wait)
+        if first:
+            releaser = threading.Thread(
+                target=self._release, args=(pending,), name="mepa-shutdown", daemon=False
+            )
+            self._releaser = releaser
+            if not wait:
+                releaser.start()
+                return
+            self._release(pending)
+        elif wait:
+            started = self._releaser
+            if started is not None and started.ident is not None:
+                started.join()
+
+    def _release(self, pending: list[TaskFuture[Any]]) -> None:
+        """Wait until the engine is done with ``pending``, then release everything."""
+        _wait_for_engine(pending)
+        self._engine_shutdown(True)
         with self._lock:
             bars, self._progress_bars = self._progress_bars, []
             hub, self._hub = self._hub, None
@@ -1044,9 +1071,16 @@ class SubExecutor(Executor):
     def scatter(self, data: R) -> R:
         return self._root().scatter(data)
 
-    def shutdown(self, wait: bool = True) -> None:
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop this view: cancel (if asked) and wait for its own tasks; the parent runs on."""
         with self._lock:
             self._is_shutdown = True
+            pending = list(self._pending)
+        if cancel_futures:
+            for future in pending:
+                future.cancel()
+        if wait:
+            _wait_for_engine(pending)
 
 
 _EXITING = threading.Event()

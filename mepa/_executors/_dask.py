@@ -817,6 +817,12 @@ class _DaskTask(concurrent.futures.Future[Any]):
             else:
                 self.set_result(value)
 
+    def running(self) -> bool:
+        """Whether a worker runs the task now (asks the cluster)."""
+        if self.done() or self.dask_future is None:
+            return False
+        return self._executor._is_executing(self.dask_future.key)
+
     def cancel(self) -> bool:
         """Cancel the task unless a worker runs it (then it runs on: ``False``)."""
         if self.done():

@@ -110,11 +110,36 @@ class TaskFuture(concurrent.futures.Future[R], Generic[R]):
         engine = self._task.engine
         if engine is not None and not self.done() and not engine.cancel():
             return False
-        return super().cancel()
+        if not super().cancel():
+            return False
+        notify_cancelled(self)
+        return True
+
+    def running(self) -> bool:
+        """Whether the task runs now: from when the engine starts it until it is done.
+
+        As for :class:`concurrent.futures.ProcessPoolExecutor`, a task the engine has already
+        handed to a worker's queue counts as running (it can no longer be cancelled).
+        """
+        if super().running():
+            return True
+        engine = self._task.engine
+        return engine is not None and not self.done() and engine.running()
 
     def describe(self) -> str:
         """Where the task ran, for error messages: ``"worker 'process-1', chunk 1"``."""
         return self._task.describe()
+
+
+def notify_cancelled(future: concurrent.futures.Future[Any]) -> None:
+    """Tell ``concurrent.futures.wait`` and ``as_completed`` that ``future`` was cancelled.
+
+    A stdlib executor's worker does this when it takes a cancelled item off its queue; a
+    mepa future has no such queue, so it is done as soon as it is cancelled.
+    """
+    with future._condition:
+        if future._state == concurrent.futures._base.CANCELLED:
+            future.set_running_or_notify_cancel()
 
 
 def add_task_note(exc: BaseException, note: str) -> None:

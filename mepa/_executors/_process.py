@@ -69,7 +69,7 @@ from .._types import check_bool, parse_dtype, parse_shape
 from .._worker import Worker, make_workers, physical_cores
 from ._base import ChunkCall, ChunkHint, DistributePlan, Executor, LazyChunk
 from ._engine import Capabilities
-from ._futures import Task
+from ._futures import Task, notify_cancelled
 
 if TYPE_CHECKING:
     from .._events import Channel, EventHub
@@ -342,7 +342,8 @@ class ProcessExecutor(Executor):
             with self._lock:
                 mine = [f for f in pending if f in self._pending]
             for future in mine:
-                concurrent.futures.Future.cancel(future)
+                if concurrent.futures.Future.cancel(future):
+                    notify_cancelled(future)
             engine.shutdown(wait=False, kill_workers=True)
 
     def _event_channel(self, hub: EventHub) -> Channel:

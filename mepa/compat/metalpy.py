@@ -1333,9 +1333,9 @@ class DaskExecutor(_OnMepa, _MepaDaskExecutor):  # type: ignore[misc]
             self._workers = _as_compat_workers(self._workers)
             return tuple(self._workers)
 
-    def shutdown(self, wait: bool = True) -> None:
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop the executor and, as the original did, the cluster it connected to."""
-        _MepaDaskExecutor.shutdown(self, wait)
+        _MepaDaskExecutor.shutdown(self, wait, cancel_futures=cancel_futures)
         address, self._shutdown_address = self._shutdown_address, None
         if address is not None:
             import distributed
