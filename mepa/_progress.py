@@ -254,10 +254,11 @@ class Progress:
             Number of items done.
         """
         if self._bar is not None and not _IN_TASK.get():
-            if isinstance(n, bool) or not isinstance(n, numbers.Real):
+            given: object = n  # checked at run time whatever the annotation says
+            if isinstance(given, bool) or not isinstance(given, numbers.Real):
                 raise ArgumentTypeError(
-                    f"n must be a number of items, got {type(n).__name__}: {n!r}; pass e.g. "
-                    "progress.update(1)"
+                    f"n must be a number of items, got {type(given).__name__}: {given!r}; "
+                    "pass e.g. progress.update(1)"
                 )
             self._apply(_UPDATE, n)
             return
