@@ -337,3 +337,64 @@ def test_a_stuck_task_blocks_neither_a_new_executor_nor_its_own_termination():
         stuck_executor.gather(stuck, timeout=60)
     shutting.join(60)
     assert not shutting.is_alive()
+
+
+# ------------------------------------------------------------------ leaks
+
+
+DROP_SCRIPT = """
+import gc, os, sys, threading, time
+import mepa
+
+def fire(ctx):
+    ctx.fire(1)
+    return os.getpid()
+
+def drop(kind):
+    executor = getattr(mepa, kind)(2)
+    seen = []
+    ctx = executor.register(seen.append)
+    executor.gather(executor.submit(fire, ctx), timeout=60)
+    progress = executor.progress(total=1, disable=True)
+    executor.gather(executor.submit(progress.update, 1), timeout=60)
+    # dropped here without shutdown()
+
+def state():
+    return threading.active_count(), len(os.listdir("/proc/self/fd"))
+
+kind = sys.argv[1]
+drop(kind)  # the first one starts what a process keeps for good (loky's resource tracker)
+gc.collect()
+time.sleep(1.0)
+threads0, fds0 = state()
+for _ in range(int(sys.argv[2])):
+    drop(kind)
+deadline = time.monotonic() + 30
+while True:
+    gc.collect()
+    threads, fds = state()
+    if (threads - threads0 <= 2 and fds - fds0 <= 4) or time.monotonic() > deadline:
+        break
+    time.sleep(0.2)
+print("threads", threads - threads0, "fds", fds - fds0)
+"""
+
+
+@pytest.mark.parametrize(("kind", "count"), [("ProcessExecutor", 4), ("ThreadExecutor", 20)])
+def test_an_executor_dropped_without_shutdown_releases_threads_and_descriptors(
+    tmp_path, kind, count
+):
+    import subprocess
+    import sys
+
+    script = tmp_path / "drop.py"
+    script.write_text(DROP_SCRIPT)
+    proc = subprocess.run(
+        [sys.executable, str(script), kind, str(count)],
+        check=False, capture_output=True, text=True, timeout=110, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    threads, fds = (int(x) for x in proc.stdout.split()[1::2])
+    assert threads <= 2
+    assert fds <= 4

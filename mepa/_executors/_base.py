@@ -28,6 +28,7 @@ import re
 import threading
 import time
 import types
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar
@@ -89,8 +90,23 @@ class Executor(ABC):
         self._progress_bars: list[Progress] = []
         self._pending: set[TaskFuture[Any]] = set()
         self._releaser: threading.Thread | None = None
+        # What an executor dropped without shutdown() must still release (its hub, the
+        # engine's parts); engines add theirs with _hold().
+        self._held: dict[str, Callable[[], object]] = {}
+        self._finalizer = weakref.finalize(self, _release_held, self._held)
+        self._finalizer.atexit = False  # at exit, each part's own exit handling runs
 
     # ------------------------------------------------------------------ engine hooks
+
+    def _hold(self, name: str, release: Callable[[], object] | None) -> None:
+        """Have ``release()`` called if the executor is garbage collected without shutdown.
+
+        One per ``name`` (a later one replaces it); ``None`` forgets it.
+        """
+        if release is None:
+            self._held.pop(name, None)
+        else:
+            self._held[name] = release
 
     @abstractmethod
     def _engine_submit(
@@ -734,6 +750,7 @@ class Executor(ABC):
 
                 root._hub = root._make_hub()
                 assert isinstance(root._hub, EventHub)
+                root._hold("hub", functools.partial(root._hub.close, 5.0))
             return root._hub
 
     def _make_hub(self) -> EventHub:
@@ -842,6 +859,7 @@ class Executor(ABC):
             hub.close()  # completes the futures still waiting for events that never came
         for future in pending:
             _set_exception(future, _forgotten(future))
+        self._finalizer.detach()  # everything is released
 
     def __enter__(self) -> Self:
         return self
@@ -1161,6 +1179,18 @@ def _check_gathered_leaf(leaf: Any) -> None:
 def _deadline(timeout: float | None) -> float | None:
     seconds = check_timeout(timeout)
     return None if seconds is None else time.monotonic() + seconds
+
+
+def _release_held(held: dict[str, Callable[[], object]]) -> None:
+    """Finalizer of an executor dropped without shutdown(): release what it still holds."""
+    for release in list(held.values()):
+        try:
+            release()
+        except Exception:  # a finalizer must not raise: say what failed
+            import logging
+
+            logging.getLogger("mepa").exception("releasing a dropped executor's %r", release)
+    held.clear()
 
 
 def _remaining(deadline: float | None) -> float | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -127,6 +128,7 @@ class ThreadExecutor(_InProcess):
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=len(self.workers), thread_name_prefix="mepa-thread"
         )
+        self._hold("threads", functools.partial(self._pool.shutdown, wait=False))
         self._buffers: SegmentPool | None = None
         self._buffers_lock = threading.Lock()
 
@@ -157,6 +159,7 @@ class ThreadExecutor(_InProcess):
         with self._buffers_lock:
             if self._buffers is None:
                 self._buffers = SegmentPool()
+                self._hold("buffers", self._buffers.close)
             buffers = self._buffers
         return OutputBuffer(buffers.lease(nbytes))
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import itertools
 import os
 import re
@@ -175,6 +176,7 @@ class ProcessExecutor(Executor):
         with self._engine_lock:
             if self._segments is None:
                 self._segments = SegmentPool()
+                self._hold("segments", self._segments.close)
             return self._segments
 
     def create_shared_array(self, shape: int | tuple[int, ...], dtype: Any = float) -> Any:
@@ -233,6 +235,7 @@ class ProcessExecutor(Executor):
         with self._engine_lock:
             if self._tracker is None:
                 self._tracker = RunDir("tasks")
+                self._hold("tracker", self._tracker.close)
             number = next(self._numbers)
             self._inflight[number] = task
             self._number_of[id(task)] = number
@@ -297,6 +300,7 @@ class ProcessExecutor(Executor):
                 engine = self._engine = _new_pool(
                     len(self.workers), self._keep_heap, self._inner_threads
                 )
+                self._hold("engine", functools.partial(_stop_pool, engine))
             return engine
 
     def _engine_submit(
@@ -453,6 +457,11 @@ def _dead_workers_tasks(directory: str | None) -> list[int]:
         with contextlib.suppress(OSError, ValueError), open(os.path.join(directory, name)) as f:
             numbers.append(int(f.read()))
     return numbers
+
+
+def _stop_pool(pool: Any) -> None:
+    """Stop a dropped executor's workers (its tasks are done: nothing can gather them)."""
+    pool.shutdown(wait=False, kill_workers=True)
 
 
 def _new_pool(n_workers: int, keep_heap: bool, inner_threads: int | None = 1) -> Any:
