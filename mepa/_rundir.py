@@ -98,9 +98,9 @@ def _abandoned(path: str) -> bool:
         fd = os.open(os.path.join(path, _LOCK_NAME), os.O_RDWR)
     except FileNotFoundError:
         # No lock file: an older mepa's directory, or one being created right now. Only
-        # remove it if it has not changed for a while.
+        # remove it if it has not changed for a day.
         try:
-            return time.time() - os.stat(path).st_mtime > 3600
+            return time.time() - os.stat(path).st_mtime > 86400
         except OSError:
             return False
     except OSError:

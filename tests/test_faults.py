@@ -398,3 +398,82 @@ def test_an_executor_dropped_without_shutdown_releases_threads_and_descriptors(
     threads, fds = (int(x) for x in proc.stdout.split()[1::2])
     assert threads <= 2
     assert fds <= 4
+
+
+HOST_SCRIPT = """
+import os, sys, time
+import mepa
+
+def sleepy(seconds):
+    time.sleep(seconds)
+    return os.getpid()
+
+if __name__ == "__main__":
+    executor = mepa.ProcessExecutor(2)
+    ctx = executor.register(print)
+    idle = executor.gather(executor.submit(sleepy, 0.0), timeout=60)
+    executor.submit(sleepy, 600)  # a busy worker
+    time.sleep(1.0)
+    workers = [p.pid for p in executor._engine._processes.values()]
+    hub_dir = executor._hub._server.directory
+    print(" ".join(map(str, workers)), hub_dir, executor._tracker.path, flush=True)
+    how = sys.argv[1]
+    if how == "exit":
+        os._exit(3)
+    time.sleep(600)
+"""
+
+NEXT_HOST_SCRIPT = """
+import mepa
+
+if __name__ == "__main__":
+    with mepa.ProcessExecutor(1) as executor:
+        executor.register(print)
+        executor.submit_and_gather(pow, 2, 2)
+"""
+
+
+def _gone(pid):
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM", "exit"])
+def test_workers_exit_and_files_are_reclaimed_when_the_host_dies(tmp_path, how):
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "host.py"
+    script.write_text(HOST_SCRIPT)
+    host = subprocess.Popen(
+        [sys.executable, str(script), how], stdout=subprocess.PIPE, text=True, cwd=tmp_path
+    )
+    try:
+        line = host.stdout.readline().split()
+        assert len(line) == 4, line
+        workers, directories = [int(pid) for pid in line[:2]], line[2:]
+        if how != "exit":
+            os.kill(host.pid, getattr(signal, how))
+        host.wait(timeout=60)
+    finally:
+        if host.poll() is None:
+            host.kill()
+            host.wait(timeout=60)
+        host.stdout.close()
+    deadline = time.monotonic() + 30
+    while not all(_gone(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [pid for pid in workers if not _gone(pid)]
+    for pid in left:  # do not leave them behind if the check fails
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"workers of the dead host still run: {left}"
+    assert all(os.path.isdir(d) for d in directories)  # nobody ran the host's cleanup
+    follower = tmp_path / "next.py"
+    follower.write_text(NEXT_HOST_SCRIPT)
+    subprocess.run([sys.executable, str(follower)], check=True, timeout=110, cwd=tmp_path)
+    assert not any(os.path.exists(d) for d in directories)

@@ -159,7 +159,6 @@ class ThreadExecutor(_InProcess):
         with self._buffers_lock:
             if self._buffers is None:
                 self._buffers = SegmentPool()
-                self._hold("buffers", self._buffers.close)
             buffers = self._buffers
         return OutputBuffer(buffers.lease(nbytes))
 

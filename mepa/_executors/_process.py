@@ -31,6 +31,7 @@ import itertools
 import os
 import re
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import Callable, Sequence
@@ -176,7 +177,6 @@ class ProcessExecutor(Executor):
         with self._engine_lock:
             if self._segments is None:
                 self._segments = SegmentPool()
-                self._hold("segments", self._segments.close)
             return self._segments
 
     def create_shared_array(self, shape: int | tuple[int, ...], dtype: Any = float) -> Any:
@@ -230,7 +230,7 @@ class ProcessExecutor(Executor):
         )
         return _run_tracked, (tracker, *call), {}
 
-    def _number_task(self, task: Task) -> tuple[str, int]:
+    def _number_task(self, task: Task) -> tuple[str, int, int]:
         """Number the task; its worker records the number while it runs (see _run_tracked)."""
         with self._engine_lock:
             if self._tracker is None:
@@ -239,7 +239,7 @@ class ProcessExecutor(Executor):
             number = next(self._numbers)
             self._inflight[number] = task
             self._number_of[id(task)] = number
-            return self._tracker.path, number
+            return self._tracker.path, number, os.getpid()
 
     def _decode_result(self, task: Task, value: Any) -> Any:
         transport = task.data
@@ -421,13 +421,16 @@ _CULPRITS = "__mepa_culprits__"
 
 
 def _run_tracked(
-    tracker: tuple[str, int], fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    tracker: tuple[str, int, int], fn: Callable[..., Any], /, *args: Any, **kwargs: Any
 ) -> Any:
     """In a worker: note which task this process runs (``<directory>/<pid>``), then run it.
 
     If the process dies, the host reads the note to name the task that was running in it.
+    The first task also starts the watch on the host (see :func:`_watch_host`).
     """
-    directory, number = tracker
+    directory, number, host = tracker
+    if _WATCHED[0] != host:
+        _watch_host(host)
     with contextlib.suppress(OSError):
         path = os.path.join(directory, str(os.getpid()))
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -436,6 +439,37 @@ def _run_tracked(
         finally:
             os.close(fd)
     return fn(*args, **kwargs)
+
+
+_WATCHED = [0]  # the host pid this worker process watches
+HOST_CHECK_SECONDS = 1.0
+"""How often a worker process checks that its host still runs."""
+
+
+def _watch_host(host: int) -> None:
+    """Exit this worker process within ~:data:`HOST_CHECK_SECONDS` once its host has died.
+
+    A host killed by SIGKILL or SIGTERM, or ended by ``os._exit``, runs no cleanup: its
+    workers would otherwise finish (or never finish) their tasks and idle for a minute. The
+    worker is then no longer the host's child: its parent pid changes.
+    """
+    _WATCHED[0] = host
+    if os.getppid() != host:
+        return  # not started by the host itself (a nested pool): nothing to watch reliably
+
+    def watch() -> None:
+        while os.getppid() == host:
+            time.sleep(HOST_CHECK_SECONDS)
+        os._exit(0)  # nobody is left to report to
+
+    threading.Thread(target=watch, name="mepa-host-watch", daemon=True).start()
+
+
+def _after_fork_in_child() -> None:
+    _WATCHED[0] = 0  # a forked child runs no watch thread
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _dead_workers_tasks(directory: str | None) -> list[int]:
