@@ -112,6 +112,12 @@ FLUSH_EVENTS = 2048
 FLUSH_SECONDS = 0.05
 """A worker sends its buffer once its oldest event is this old (checked every 256 fires and by
 a background flusher thread)."""
+MAX_QUEUED_BYTES = 64 << 20
+"""Encoded batches from worker processes waiting for the dispatcher, at most (about).
+
+Beyond it the hub stops reading its sockets until slow callbacks catch up: the workers'
+sends then block, so a slow callback slows the tasks down instead of filling the host's
+memory."""
 DEFERRED_SECONDS = 0.1
 """Objects given to :func:`_flush_soon` (coalesced progress updates) are flushed this often."""
 
@@ -127,13 +133,16 @@ _STOP = 4
 
 
 class _Control:
-    __slots__ = ("kind", "payload", "seq", "source")
+    __slots__ = ("kind", "payload", "seq", "size", "source")
 
-    def __init__(self, kind: int, source: str = "", seq: int = 0, payload: Any = None) -> None:
+    def __init__(
+        self, kind: int, source: str = "", seq: int = 0, payload: Any = None, size: int = 0
+    ) -> None:
         self.kind = kind
         self.source = source
         self.seq = seq
         self.payload = payload
+        self.size = size  # bytes admitted by _admit, released once dispatched
 
 
 _IN_TASK: contextvars.ContextVar[bool] = contextvars.ContextVar("mepa_in_task", default=False)
@@ -975,6 +984,8 @@ class EventHub:
         self._remote_channel: Channel | None = None
         self._server: _UnixServer | None = None
         self._close_hooks: list[Callable[[], object]] = []
+        self._room = threading.Condition()  # bounds what transports queue (MAX_QUEUED_BYTES)
+        self._queued_bytes = 0
         with _HUBS_LOCK:
             _LOCAL_HUBS[self.hub_id] = self
 
@@ -1171,7 +1182,9 @@ class EventHub:
             return self._remote_channel
         return self.process_channel()
 
-    def deliver(self, source_id: str, seq: int, events: list[_Event]) -> None:
+    def deliver(
+        self, source_id: str, seq: int, events: list[_Event], *, _size: int = 0
+    ) -> None:
         """Queue batch ``seq`` of source ``source_id`` for dispatch (thread-safe).
 
         The receiving side of every transport ends here. Batches of a source are dispatched in
@@ -1188,26 +1201,52 @@ class EventHub:
             ``(event, args, kwargs_or_None)`` triples.
         """
         with self._lock:
-            if self._stopped:
-                return
-            self._ensure_dispatcher()
-        self._queue.put(_Control(_BATCH, source_id, seq, events))
+            stopped = self._stopped
+            if not stopped:
+                self._ensure_dispatcher()
+        if stopped:
+            self._release_room(_size)
+            return
+        self._queue.put(_Control(_BATCH, source_id, seq, events, _size))
 
-    def deliver_bytes(self, payload: bytes) -> None:
+    def deliver_bytes(self, payload: bytes, *, bounded: bool = False) -> None:
         """Decode a batch encoded by a :class:`BatchSender` and :meth:`deliver` it.
 
         Parameters
         ----------
         payload
             The bytes a transport received.
+        bounded
+            Wait first, while more than :data:`MAX_QUEUED_BYTES` of batches wait for the
+            dispatcher (for a transport whose senders then block, as a socket's do).
         """
-        source_id, seq, body = pickle.loads(payload)
+        size = 0
+        if bounded:
+            size = len(payload)
+            self._admit(size)
+        try:
+            source_id, seq, body = pickle.loads(payload)
+        except BaseException:
+            self._release_room(size)
+            raise
         try:
             events = pickle.loads(body)
         except Exception:
             logger.exception("cannot unpickle batch %d of source %s; dropping it", seq, source_id)
             events = []
-        self.deliver(source_id, seq, events)
+        self.deliver(source_id, seq, events, _size=size)
+
+    def _admit(self, size: int) -> None:
+        with self._room:
+            while self._queued_bytes > MAX_QUEUED_BYTES and not self._closed:
+                self._room.wait(0.1)
+            self._queued_bytes += size
+
+    def _release_room(self, size: int) -> None:
+        if size:
+            with self._room:
+                self._queued_bytes -= size
+                self._room.notify_all()
 
     # completion --------------------------------------------------------------------------
 
@@ -1351,7 +1390,10 @@ class EventHub:
                 continue
             assert isinstance(item, _Control)
             if item.kind == _BATCH:
-                self._on_batch(item.source, item.seq, item.payload)
+                try:
+                    self._on_batch(item.source, item.seq, item.payload)
+                finally:
+                    self._release_room(item.size)
             elif item.kind == _MARK:
                 self._advance(_LOCAL_SOURCE, item.seq)
             elif item.kind == _CALL:
@@ -1564,7 +1606,7 @@ class _UnixServer:
                     continue
                 assert isinstance(conn, Connection)
                 try:
-                    deliver(conn.recv_bytes())
+                    deliver(conn.recv_bytes(), bounded=True)
                 except (EOFError, OSError):
                     conns.remove(conn)
                     conn.close()
