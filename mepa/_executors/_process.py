@@ -169,7 +169,7 @@ class ProcessExecutor(Executor):
         self._numbers = itertools.count(1)
         self._inflight: dict[int, Task] = {}  # by task number, until settled
         self._number_of: dict[int, int] = {}  # id(task) -> its task number
-        self._terminated: set[int] = set()  # tasks running when terminate_workers() was called
+        self._terminated: dict[int, str] = {}  # tasks whose workers were killed, and why
 
     # -- shared memory
 
@@ -315,7 +315,10 @@ class ProcessExecutor(Executor):
             segments, self._segments = self._segments, None
             tracker, self._tracker = self._tracker, None
         if engine is not None:
-            engine.shutdown(wait=wait, kill_workers=not wait)
+            if wait:
+                engine.shutdown(wait=True)
+            else:
+                self._stop_workers(engine, "shutdown(wait=False)")
         if segments is not None:
             segments.close()
         if tracker is not None:
@@ -332,9 +335,8 @@ class ProcessExecutor(Executor):
         """
         with self._engine_lock:
             engine, self._engine = self._engine, None
-            self._terminated.update(self._inflight)
         if engine is not None:
-            engine.shutdown(wait=False, kill_workers=True)
+            self._stop_workers(engine, "terminate_workers()")
 
     def _interrupt(self, pending: list[concurrent.futures.Future[Any]]) -> None:
         super()._interrupt(pending)
@@ -348,7 +350,14 @@ class ProcessExecutor(Executor):
             for future in mine:
                 if concurrent.futures.Future.cancel(future):
                     notify_cancelled(future)
-            engine.shutdown(wait=False, kill_workers=True)
+            self._stop_workers(engine, "Ctrl-C")
+
+    def _stop_workers(self, engine: Any, reason: str) -> None:
+        """Kill ``engine``'s workers; the tasks they ran fail, saying ``reason`` stopped them."""
+        with self._engine_lock:
+            for number in self._inflight:
+                self._terminated.setdefault(number, reason)
+        _kill_pool(engine)
 
     def _event_channel(self, hub: EventHub) -> Channel:
         return hub.process_channel()
@@ -357,11 +366,11 @@ class ProcessExecutor(Executor):
         from loky.process_executor import TerminatedWorkerError
 
         number = self._number_of.get(id(task))
-        if number is not None and number in self._terminated:
-            self._terminated.discard(number)
+        reason = self._terminated.pop(number, None) if number is not None else None
+        if reason is not None:
             crash = WorkerCrashedError(
-                f"the task on {task.describe()} was stopped by terminate_workers(), with the "
-                "worker process running it",
+                f"the task on {task.describe()} was stopped by {reason}, with the worker "
+                "processes of its executor",
                 chunk=task.chunk,
             )
             crash.__cause__ = exc
@@ -426,11 +435,8 @@ def _run_tracked(
     """In a worker: note which task this process runs (``<directory>/<pid>``), then run it.
 
     If the process dies, the host reads the note to name the task that was running in it.
-    The first task also starts the watch on the host (see :func:`_watch_host`).
     """
-    directory, number, host = tracker
-    if _WATCHED[0] != host:
-        _watch_host(host)
+    directory, number, _ = tracker
     with contextlib.suppress(OSError):
         path = os.path.join(directory, str(os.getpid()))
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -449,10 +455,14 @@ HOST_CHECK_SECONDS = 1.0
 def _watch_host(host: int) -> None:
     """Exit this worker process within ~:data:`HOST_CHECK_SECONDS` once its host has died.
 
+    The pool's initializer: every worker watches from its start, busy or idle.
+
     A host killed by SIGKILL or SIGTERM, or ended by ``os._exit``, runs no cleanup: its
     workers would otherwise finish (or never finish) their tasks and idle for a minute. The
     worker is then no longer the host's child: its parent pid changes.
     """
+    if _WATCHED[0] == host:
+        return
     _WATCHED[0] = host
     if os.getppid() != host:
         return  # not started by the host itself (a nested pool): nothing to watch reliably
@@ -495,7 +505,27 @@ def _dead_workers_tasks(directory: str | None) -> list[int]:
 
 def _stop_pool(pool: Any) -> None:
     """Stop a dropped executor's workers (its tasks are done: nothing can gather them)."""
-    pool.shutdown(wait=False, kill_workers=True)
+    _kill_pool(pool)
+
+
+def _kill_pool(pool: Any) -> None:
+    """Kill a loky pool's workers now; its pending futures fail, none raises in loky.
+
+    ``shutdown(kill_workers=True)`` sets an exception on every pending future, also on those
+    cancelled meanwhile, which raises InvalidStateError in loky's manager thread and leaves
+    the pool half stopped. Killed workers instead go through loky's handling of dead
+    workers, which skips cancelled futures.
+    """
+    from loky.backend.utils import kill_process_tree
+
+    processes = getattr(pool, "_processes", None)
+    if not isinstance(processes, dict):
+        pool.shutdown(wait=False, kill_workers=True)
+        return
+    for process in list(processes.values()):
+        with contextlib.suppress(OSError):
+            kill_process_tree(process)  # the worker and what it started
+    pool.shutdown(wait=False)
 
 
 def _new_pool(n_workers: int, keep_heap: bool, inner_threads: int | None = 1) -> Any:
@@ -503,7 +533,10 @@ def _new_pool(n_workers: int, keep_heap: bool, inner_threads: int | None = 1) ->
 
     env = worker_env(n_workers) if keep_heap else {}
     env.update(thread_env(inner_threads))
-    pool = loky.ProcessPoolExecutor(max_workers=n_workers, timeout=_IDLE_TIMEOUT, env=env or None)
+    pool = loky.ProcessPoolExecutor(
+        max_workers=n_workers, timeout=_IDLE_TIMEOUT, env=env or None,
+        initializer=_watch_host, initargs=(os.getpid(),),
+    )
     _LIVE_POOLS.add(pool)
     return pool
 
