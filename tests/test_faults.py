@@ -525,7 +525,7 @@ def test_a_slow_callback_holds_the_workers_back_instead_of_filling_the_host():
 
 
 QUIET_SCRIPT = """
-import threading, time
+import gc, threading, time
 import mepa
 
 def inc(x):
@@ -553,6 +553,10 @@ if __name__ == "__main__":
         stop.set()
         for thread in threads:
             thread.join()
+    dropped = mepa.ProcessExecutor(2)  # collected without shutdown: its finalizer stops it
+    dropped.map(inc, range(4))
+    del dropped
+    gc.collect()
     left_open = mepa.ProcessExecutor(2)  # exits without shutdown
     left_open.map(inc, range(10))
     print("done")

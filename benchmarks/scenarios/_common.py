@@ -62,9 +62,9 @@ def mepa_executor(stack: contextlib.ExitStack, kind: MepaKind, workers: int) -> 
     This is the one place the benchmarks construct mepa executors: if a constructor's signature
     changes, change it here.
 
-    ``ProcessExecutor.shutdown`` leaves mepa's worker pool alive for the next executor; it is
-    stopped when the last process executor made here closes (see :class:`_PoolUsers`), so that
-    no idle mepa pool outlives its variant's block.
+    Pools a mepa version keeps between process executors are stopped when the last process
+    executor made here closes (see :class:`_PoolUsers`), so that no idle mepa pool outlives
+    its variant's block.
     """
     if kind in ("process", "process-plain-heap"):
         cls = mepa_attr("ProcessExecutor")
@@ -91,10 +91,11 @@ def stop_mepa_worker_pools() -> None:
 class _PoolUsers:
     """Counts the open process executors of :func:`mepa_executor`; the last one stops the pools.
 
-    Executors of the same size share mepa's cached worker pool. A group's baseline and a
-    variant may both be mepa process executors (``shuffled_map``, ``events``): stopping the
-    pool at the variant's teardown would make the baseline's next timed call start new
-    workers, so the pool is stopped when the baseline closes, at the end of the group.
+    Each process executor has its own workers, stopped by its shutdown; this also stops, at
+    the end of a group, any pool a mepa version that shares pools between executors keeps
+    (a group's baseline and a variant may both be mepa process executors: ``shuffled_map``,
+    ``events``; stopping a shared pool at the variant's teardown would make the baseline's
+    next timed call start new workers).
     """
 
     def __init__(self) -> None:
