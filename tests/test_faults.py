@@ -482,9 +482,8 @@ def test_workers_exit_and_files_are_reclaimed_when_the_host_dies(tmp_path, how):
 
 
 def fire_big_events(ctx, n, done_path):
-    payload = b"x" * 8192
     for i in range(n):
-        ctx.fire(i, payload)
+        ctx.fire(i, b"%08d" % i * 1024)  # 8 KiB each, none shared (pickle would memoize it)
     with open(done_path, "w") as f:
         f.write("fired")
     return n
