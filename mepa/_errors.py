@@ -16,7 +16,8 @@ built-in exception a NumPy or ``concurrent.futures`` user would expect to catch:
     ├── CallbackReentryError (also RuntimeError) a callback waited on its own executor
     ├── EventChannelError (also ConnectionError) a worker could not send its task's events
     └── BrokenExecutor (also concurrent.futures.BrokenExecutor)
-        └── WorkerCrashedError                   a worker process died while running a task
+        ├── WorkerCrashedError                   a worker process died while running a task
+        └── InitializerError                     a worker's initializer raised
 
 An exception raised *inside* a task is not wrapped: ``gather`` re-raises it with its own type,
 the remote traceback attached as ``__cause__`` and a note naming the worker (and, for
@@ -42,6 +43,7 @@ __all__ = [
     "EventChannelError",
     "ExecutorShutdownError",
     "GatherTimeoutError",
+    "InitializerError",
     "InvalidArgumentError",
     "MepaError",
     "SerializationError",
@@ -111,6 +113,14 @@ class EventChannelError(MepaError, ConnectionError):
 
 class BrokenExecutor(MepaError, concurrent.futures.BrokenExecutor):
     """The engine behind an executor failed and the pending tasks were lost."""
+
+
+class InitializerError(BrokenExecutor):
+    """The ``initializer`` of an executor's workers raised: the executor cannot run tasks.
+
+    The initializer's own exception is the ``__cause__``. Pending tasks fail with this error
+    and so does every later ``submit``, as with :mod:`concurrent.futures`' broken pools.
+    """
 
 
 class WorkerCrashedError(BrokenExecutor):

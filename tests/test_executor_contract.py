@@ -562,6 +562,69 @@ def test_cancelled_futures_are_done_for_wait_and_as_completed(executor, kind, tm
     gate.touch()
 
 
+INITIALIZED: dict[str, object] = {}
+
+
+def remember(key, value):
+    INITIALIZED[key] = value
+
+
+def read_initialized(key):
+    return INITIALIZED.get(key)
+
+
+def failing_initializer(message):
+    raise ValueError(message)
+
+
+def test_thread_initializer_runs_in_each_thread_before_tasks():
+    key = f"thread-{time.monotonic()}"
+    with mepa.ThreadExecutor(2, initializer=remember, initargs=(key, "set up")) as ex:
+        assert ex.gather([ex.submit(read_initialized, key) for _ in range(4)]) == ["set up"] * 4
+
+
+def test_failing_thread_initializer_breaks_the_executor_with_a_typed_error():
+    with mepa.ThreadExecutor(2, initializer=failing_initializer, initargs=("no GPU",)) as ex:
+        futures = [ex.submit(square, i) for i in range(3)]
+        for future in futures:
+            with pytest.raises(mepa.InitializerError, match="no GPU") as info:
+                future.result(timeout=60)
+            assert isinstance(info.value, concurrent.futures.BrokenExecutor)
+            assert isinstance(info.value, mepa.BrokenExecutor)
+            assert isinstance(info.value.__cause__, ValueError)
+        with pytest.raises(mepa.InitializerError, match="failing_initializer"):
+            ex.submit_and_gather(square, 1)
+
+
+def test_process_initializer_runs_in_each_worker_before_tasks():
+    with mepa.ProcessExecutor(2, initializer=remember, initargs=("proc", os.getpid())) as ex:
+        assert ex.gather([ex.submit(read_initialized, "proc") for _ in range(4)]) == [
+            os.getpid()
+        ] * 4
+
+
+def test_failing_process_initializer_breaks_the_executor_with_a_typed_error():
+    with mepa.ProcessExecutor(2, initializer=failing_initializer, initargs=("no GPU",)) as ex:
+        future = ex.submit(square, 3)
+        with pytest.raises(mepa.InitializerError, match="no GPU") as info:
+            future.result(timeout=60)
+        assert isinstance(info.value, mepa.BrokenExecutor)
+        assert "failing_initializer" in str(info.value)
+        with pytest.raises(mepa.InitializerError, match="no GPU"):
+            ex.submit_and_gather(square, 1)
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [({"initializer": 3}, "initializer must be a callable"),
+     ({"initializer": remember, "initargs": ["a", 1]}, "initargs must be a tuple")],
+)
+@pytest.mark.parametrize("cls", [mepa.ThreadExecutor, mepa.ProcessExecutor])
+def test_bad_initializer_is_refused(cls, options, match):
+    with pytest.raises(mepa.ArgumentTypeError, match=match):
+        cls(2, **options)
+
+
 def test_bad_construction():
     with pytest.raises(WorkerSpecError, match="n_workers must be a positive int"):
         mepa.ThreadExecutor(0)

@@ -1319,3 +1319,20 @@ def _run_map_batch(fn: Callable[..., R], items: list[Sequence[Any]]) -> list[R]:
         exc.__dict__[_PARTIAL] = results
         raise
     return results
+
+
+def check_initializer(initializer: object, initargs: object) -> str:
+    """Validate ``initializer=`` and ``initargs=``; return the initializer's name for errors."""
+    from .._errors import ArgumentTypeError
+
+    if initializer is not None and not callable(initializer):
+        raise ArgumentTypeError(
+            f"initializer must be a callable or None, got {type(initializer).__name__}: "
+            f"{initializer!r}; pass a function to call in each worker before its first task"
+        )
+    if not isinstance(initargs, tuple):
+        raise ArgumentTypeError(
+            f"initargs must be a tuple, got {type(initargs).__name__}: {initargs!r}; pass "
+            "the initializer's arguments as a tuple, e.g. initargs=(path,)"
+        )
+    return getattr(initializer, "__qualname__", None) or repr(initializer)

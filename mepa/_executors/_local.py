@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import concurrent.futures.thread
 import functools
 import threading
 from collections.abc import Callable
@@ -11,11 +12,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._allocation import Allocation
+from .._errors import InitializerError
 from .._threads import check_inner_threads, run_limited
 from .._worker import Worker, make_workers, physical_cores
-from ._base import ChunkCall, ChunkHint, DistributePlan, Executor, _LocalChunk
+from ._base import ChunkCall, ChunkHint, DistributePlan, Executor, _LocalChunk, check_initializer
 from ._engine import Capabilities
-from ._futures import TaskFuture
+from ._futures import Task, TaskFuture
 
 if TYPE_CHECKING:
     from .._shm import OutputBuffer, SegmentPool
@@ -103,6 +105,11 @@ class ThreadExecutor(_InProcess):
     ----------
     n_workers
         Number of threads; ``None`` means one per physical core.
+    initializer, initargs
+        As for :class:`concurrent.futures.ThreadPoolExecutor`: each pool thread calls
+        ``initializer(*initargs)`` when it starts, before its first task (per-thread setup,
+        e.g. compiling a numba kernel). If it raises, the executor is broken: the pending
+        tasks and every later ``submit`` fail with :class:`~mepa.InitializerError`.
     inner_threads
         Threads a numba ``parallel=True`` function called from a task may use: each pool thread
         sets ``numba.set_num_threads(inner_threads)`` (numba's count is per thread) once numba
@@ -122,11 +129,25 @@ class ThreadExecutor(_InProcess):
     ``threadpoolctl.threadpool_limits(1)`` around the parallel part.
     """
 
-    def __init__(self, n_workers: int | None = None, *, inner_threads: int | None = 1) -> None:
+    def __init__(
+        self,
+        n_workers: int | None = None,
+        *,
+        inner_threads: int | None = 1,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+    ) -> None:
         super().__init__(make_workers("thread", n_workers, physical_cores()))
         self._inner_threads = check_inner_threads(inner_threads)
+        self._initializer = check_initializer(initializer, initargs)
+        self._init_failures: list[BaseException] = []
+        setup = None
+        if initializer is not None:
+            setup = functools.partial(
+                _run_initializer, initializer, tuple(initargs), self._init_failures
+            )
         self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=len(self.workers), thread_name_prefix="mepa-thread"
+            max_workers=len(self.workers), thread_name_prefix="mepa-thread", initializer=setup
         )
         self._hold("threads", functools.partial(self._pool.shutdown, wait=False))
         self._buffers: SegmentPool | None = None
@@ -137,6 +158,19 @@ class ThreadExecutor(_InProcess):
         worker: Worker | None,
     ) -> concurrent.futures.Future[Any]:
         return self._pool.submit(run_limited, self._inner_threads, fn, *args, **kwargs)
+
+    def _translate_error(self, exc: BaseException, task: Task) -> BaseException:
+        if isinstance(exc, concurrent.futures.thread.BrokenThreadPool):
+            failures = self._init_failures
+            cause = failures[0] if failures else exc
+            error = InitializerError(
+                f"the initializer {self._initializer} of the thread executor raised "
+                f"{type(cause).__name__}: {cause}; the executor cannot run tasks. Fix the "
+                "initializer (or its initargs) and create a new executor"
+            )
+            error.__cause__ = cause
+            return error
+        return super()._translate_error(exc, task)
 
     def _engine_shutdown(self, wait: bool) -> None:
         self._pool.shutdown(wait=wait, cancel_futures=not wait)
@@ -241,3 +275,14 @@ def _copy_to_region(result: Any, region: np.ndarray[Any, Any]) -> Any:
         np.copyto(region, result)
         return region
     return result
+
+
+def _run_initializer(
+    initializer: Callable[..., object], initargs: tuple[Any, ...], failures: list[BaseException]
+) -> None:
+    """In a pool thread: call the initializer; keep what it raised for the host's error."""
+    try:
+        initializer(*initargs)
+    except BaseException as exc:
+        failures.append(exc)
+        raise

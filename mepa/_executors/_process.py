@@ -43,6 +43,7 @@ from .._allocation import Allocation, ChunkSelection, PlacedRows
 from .._errors import (
     COMMON_ERRORS,
     ArgumentTypeError,
+    InitializerError,
     InvalidArgumentError,
     WorkerCrashedError,
 )
@@ -69,7 +70,7 @@ from .._shm import (
 from .._threads import check_inner_threads, thread_env
 from .._types import check_bool, parse_dtype, parse_shape
 from .._worker import Worker, make_workers, physical_cores
-from ._base import ChunkCall, ChunkHint, DistributePlan, Executor, LazyChunk
+from ._base import ChunkCall, ChunkHint, DistributePlan, Executor, LazyChunk, check_initializer
 from ._engine import Capabilities
 from ._futures import Task, notify_cancelled
 
@@ -114,6 +115,12 @@ class ProcessExecutor(Executor):
         worker (their ``*_NUM_THREADS`` variables in the workers' environment): 1 by default,
         so that ``n`` workers use ``n`` cores, not ``n`` times the cores. A variable set in the
         host's environment is passed on unchanged. ``None`` leaves the libraries' defaults.
+    initializer, initargs
+        As for :class:`concurrent.futures.ProcessPoolExecutor`: each worker process calls
+        ``initializer(*initargs)`` (pickled with cloudpickle) when it starts, before its first
+        task. If it raises, the executor is broken: the pending tasks and every later
+        ``submit`` fail with :class:`~mepa.InitializerError`, which quotes the worker's
+        traceback.
 
     Notes
     -----
@@ -143,9 +150,15 @@ class ProcessExecutor(Executor):
         shared_memory_threshold: int | None = DEFAULT_THRESHOLD,
         keep_worker_heap: bool = True,
         inner_threads: int | None = 1,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
     ) -> None:
         super().__init__(make_workers("process", n_workers, physical_cores()))
         self._inner_threads = check_inner_threads(inner_threads)
+        self._initializer_name = check_initializer(initializer, initargs)
+        self._initializer = initializer
+        self._initargs = initargs
+        self._init_failure: str | None = None
         fix = "pass a number of bytes such as 1 << 20 (the default), or None to pickle arrays"
         if shared_memory_threshold is not None and (
             isinstance(shared_memory_threshold, bool)
@@ -296,12 +309,26 @@ class ProcessExecutor(Executor):
     def _loky(self) -> Any:
         with self._engine_lock:
             engine = self._engine
+            if self._init_failure is not None:
+                raise self._initializer_error()
             if engine is None or _is_broken(engine):
+                setup = None
+                if self._initializer is not None:
+                    if self._tracker is None:
+                        self._tracker = RunDir("tasks")
+                    setup = _WorkerSetup(self._initializer, self._initargs, self._tracker.path)
                 engine = self._engine = _new_pool(
-                    len(self.workers), self._keep_heap, self._inner_threads
+                    len(self.workers), self._keep_heap, self._inner_threads, setup
                 )
                 self._hold("engine", functools.partial(_stop_pool, engine))
             return engine
+
+    def _initializer_error(self) -> InitializerError:
+        return InitializerError(
+            f"the initializer {self._initializer_name} of the process executor raised in a "
+            f"worker; the executor cannot run tasks. Fix the initializer (or its initargs) and "
+            f"create a new executor. The worker's traceback:\n{self._init_failure}"
+        )
 
     def _engine_submit(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -375,6 +402,15 @@ class ProcessExecutor(Executor):
             )
             crash.__cause__ = exc
             return crash
+        if isinstance(exc, TerminatedWorkerError) and self._initializer is not None:
+            with self._engine_lock:
+                tracker = self._tracker
+                if self._init_failure is None and tracker is not None:
+                    self._init_failure = _read_setup_failure(tracker.path)
+                if self._init_failure is not None:
+                    error = self._initializer_error()
+                    error.__cause__ = exc
+                    return error
         if isinstance(exc, TerminatedWorkerError):
             crash = self._crash_error(exc, task, number)
             segments = self._segments
@@ -528,14 +564,17 @@ def _kill_pool(pool: Any) -> None:
     pool.shutdown(wait=False)
 
 
-def _new_pool(n_workers: int, keep_heap: bool, inner_threads: int | None = 1) -> Any:
+def _new_pool(
+    n_workers: int, keep_heap: bool, inner_threads: int | None = 1,
+    setup: _WorkerSetup | None = None,
+) -> Any:
     import loky
 
     env = worker_env(n_workers) if keep_heap else {}
     env.update(thread_env(inner_threads))
     pool = loky.ProcessPoolExecutor(
         max_workers=n_workers, timeout=_IDLE_TIMEOUT, env=env or None,
-        initializer=_watch_host, initargs=(os.getpid(),),
+        initializer=_watch_host if setup is None else setup, initargs=(os.getpid(),),
     )
     _LIVE_POOLS.add(pool)
     return pool
@@ -802,3 +841,50 @@ def _shareable(alloc: Allocation) -> bool:
 def _first_exit_code(text: str) -> int | None:
     match = re.search(r"-?\d+", text)
     return int(match.group(0)) if match else None
+
+
+_SETUP_FAILED = "initializer-failed-"
+
+
+class _WorkerSetup:
+    """In a new worker: call the user's initializer; if it raises, leave its traceback.
+
+    loky ends a worker whose initializer raised (the pool then reports a terminated worker);
+    the traceback, written to the executor's run directory, lets the host say why.
+    """
+
+    __slots__ = ("directory", "initargs", "initializer")
+
+    def __init__(
+        self, initializer: Callable[..., object], initargs: tuple[Any, ...], directory: str
+    ) -> None:
+        self.initializer = initializer
+        self.initargs = initargs
+        self.directory = directory
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_WorkerSetup, (self.initializer, self.initargs, self.directory))
+
+    def __call__(self, host_pid: int) -> None:
+        _watch_host(host_pid)
+        try:
+            self.initializer(*self.initargs)
+        except BaseException as exc:
+            import traceback
+
+            text = "".join(traceback.format_exception(exc))
+            with contextlib.suppress(OSError):
+                path = os.path.join(self.directory, f"{_SETUP_FAILED}{os.getpid()}")
+                with open(path, "w", encoding="utf-8") as out:
+                    out.write(text)
+            raise
+
+
+def _read_setup_failure(directory: str) -> str | None:
+    """The traceback a worker's initializer left in ``directory``, if any."""
+    with contextlib.suppress(OSError):
+        for name in sorted(os.listdir(directory)):
+            if name.startswith(_SETUP_FAILED):
+                with open(os.path.join(directory, name), encoding="utf-8") as report:
+                    return report.read()
+    return None
