@@ -26,8 +26,15 @@ def _dask_address(n_workers: int) -> str:
 
 # kind -> (address of the session's cluster for n workers, module that keeps the clusters,
 # its function that stops them): backends whose test executors share one cluster.
+def _ray_address(n_workers: int) -> str:
+    from .ray_cluster import shared_address
+
+    return shared_address(n_workers)
+
+
 TEST_CLUSTERS: dict[str, tuple[Callable[[int], str], str, str]] = {
     "dask": (_dask_address, "tests.dask_cluster", "stop_shared_clusters"),
+    "ray": (_ray_address, "tests.ray_cluster", "stop_shared_ray"),
 }
 
 

@@ -74,7 +74,9 @@ def test_usage_errors_exit_2_with_a_message(
 
 def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--help"]) == 0
-    assert "--executor {linear,thread,process,dask}" in capsys.readouterr().out
+    from mepa._executors import BACKENDS
+
+    assert "--executor {" + ",".join(BACKENDS) + "}" in capsys.readouterr().out
 
 
 def test_address_needs_the_dask_executor(capsys: pytest.CaptureFixture[str]) -> None:

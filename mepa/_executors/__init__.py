@@ -138,6 +138,11 @@ BACKENDS: dict[str, Backend] = {
             "a Dask cluster: an embedded LocalCluster, or one at --address",
             requires=("distributed",), remote=True,
         ),
+        Backend(
+            "ray", "mepa._executors._ray", "RayExecutor",
+            "Ray: a local Ray on 127.0.0.1, or the cluster at --address",
+            requires=("ray",), extra="ray", remote=True,
+        ),
     )
 }
 """Every backend by kind, in the order ``mepa info`` lists them."""

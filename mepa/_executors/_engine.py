@@ -69,6 +69,8 @@ class Capabilities:
         are writable.
     asynchronous
         ``submit`` returns before the task ran (false where tasks run inside ``submit``).
+    cancels_queued
+        Cancelling the future of a task that has not started keeps it from running.
     """
 
     shares_memory: bool = False
@@ -78,6 +80,7 @@ class Capabilities:
     kills_running: bool = False
     writable_results: bool = True
     asynchronous: bool = True
+    cancels_queued: bool = True
 
 
 class Engine(Protocol):
