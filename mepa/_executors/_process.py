@@ -30,8 +30,8 @@ import functools
 import itertools
 import os
 import re
+import signal
 import threading
-import time
 import uuid
 import weakref
 from collections.abc import Callable, Sequence
@@ -503,12 +503,14 @@ def _watch_host(host: int) -> None:
     if os.getppid() != host:
         return  # not started by the host itself (a nested pool): nothing to watch reliably
 
-    def watch() -> None:
-        while os.getppid() == host:
-            time.sleep(HOST_CHECK_SECONDS)
-        os._exit(0)  # nobody is left to report to
+    def check(signum: int, frame: object) -> None:
+        if os.getppid() != host:
+            os._exit(0)  # nobody is left to report to
 
-    threading.Thread(target=watch, name="mepa-host-watch", daemon=True).start()
+    # A timer signal, not a thread: a second thread changes how glibc keeps the freed heap
+    # (see _heap). The handler runs between bytecodes, also while the worker waits for work.
+    signal.signal(signal.SIGALRM, check)
+    signal.setitimer(signal.ITIMER_REAL, HOST_CHECK_SECONDS, HOST_CHECK_SECONDS)
 
 
 def _after_fork_in_child() -> None:
