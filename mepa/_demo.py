@@ -89,10 +89,13 @@ SIZES: dict[str, tuple[int, float]] = {
 """Receivers per side of the grid and cell size (m) for each demo size."""
 
 _DEFAULT_BLOCK_BYTES = 2**23
-"""Bound on the temporaries of one block of :func:`forward` (bytes): about 130,000
-receiver-cell pairs per NumPy call at the default size (1 MiB gave 2 receivers x 7,520 cells).
-Fewer, bigger calls spend less of their time in Python between NumPy's loops, where a thread
-holds the GIL; temporaries of about 1 MiB each are the price."""
+"""Bound on the workspace of one call of :func:`forward` (bytes): 23 receivers x 7,520 cells,
+about 170,000 receiver-cell pairs per NumPy call, at the default size (1 MiB gave 2 receivers
+x 7,520 cells). Fewer, bigger calls spend less of their time in Python between NumPy's loops,
+where a thread holds the GIL. The workspace is allocated once per call and reused by every
+block: with a fresh 1 MiB temporary per operation, the serial run (in a process with glibc's
+default malloc settings, which unmap such blocks when freed) spent two thirds of its time
+faulting in new pages, and the speed-up over it came out above the number of workers."""
 
 
 # ------------------------------------------------------------------------------ physics
@@ -166,11 +169,12 @@ def forward(
     refine_within: float = 8.0,
     max_refine: int = 8,
     block_bytes: int = _DEFAULT_BLOCK_BYTES,
+    on_block: Callable[[int], object] | None = None,
 ) -> NDArray[np.float64]:
     """Total-field anomaly (nT) of point dipoles at receivers.
 
-    Vectorised over receivers and cells; receivers are taken in blocks sized so that the
-    temporary arrays stay under about ``block_bytes``. Each receiver's value depends only on
+    Vectorised over receivers and cells; receivers are taken in blocks of
+    :func:`block_rows` receivers, computed in one workspace of about ``block_bytes``. Each receiver's value depends only on
     that receiver, so splitting ``receivers`` into chunks gives the same numbers.
 
     Parameters
@@ -193,7 +197,10 @@ def forward(
     max_refine
         Largest number of sub-cells per edge.
     block_bytes
-        Rough bound on the memory of the temporaries.
+        Rough bound on the memory of the workspace (see :func:`block_rows`).
+    on_block
+        Called with the number of receivers of each block once it is done (a progress bar's
+        ``update``).
 
     Returns
     -------
@@ -227,47 +234,113 @@ def forward(
     if len(receivers) == 0 or len(cells) == 0:
         return out
     near_limit = refine_within * cell_size if cell_size > 0 else 0.0
-    # About 8 float64 temporaries of shape (rows, cells) live at once.
-    rows = max(1, int(block_bytes // (8 * 8 * len(cells))))
-    m_dot_u = moments @ u
+    rows = block_rows(len(cells), block_bytes)
+    work = _Workspace(cells, moments, u, min(rows, len(receivers)))
     for start in range(0, len(receivers), rows):
         block = receivers[start:start + rows]
         out[start:start + rows] = _block_anomaly(
-            block, cells, moments, u, m_dot_u, near_limit, cell_size, max_refine, block_bytes
+            block, work, near_limit, cell_size, max_refine, block_bytes
         )
+        if on_block is not None:
+            on_block(len(block))
     return out
+
+
+def block_rows(n_cells: int, block_bytes: int = _DEFAULT_BLOCK_BYTES) -> int:
+    """Receivers per block of :func:`forward`: its workspace then holds about ``block_bytes``.
+
+    The workspace is :data:`_WORK_ARRAYS` float64 arrays of shape ``(rows, n_cells)``, made
+    once per call of :func:`forward` and reused by every block, so that the kernel allocates
+    nothing per block (fresh temporaries would be paged in by the kernel each time, and cost
+    more than the arithmetic). It depends on the number of cells only, so a worker's chunk of
+    receivers and the whole grid are cut into blocks of the same shape.
+
+    Examples
+    --------
+    >>> block_rows(7520)  # the demo's default size: 23 receivers x 7,520 cells per call
+    23
+    >>> block_rows(10**9, 2**20)
+    1
+    """
+    return max(1, int(block_bytes // (_WORK_ARRAYS * 8 * max(1, n_cells))))
+
+
+_WORK_ARRAYS = 6
+"""float64 arrays of shape ``(rows, cells)`` in the workspace of :func:`forward`."""
+
+
+class _Workspace:
+    """The cells' columns, and the reused arrays of the blocks of one :func:`forward` call."""
+
+    def __init__(
+        self, cells: NDArray[np.float64], moments: NDArray[np.float64],
+        u: NDArray[np.float64], rows: int,
+    ) -> None:
+        self.cells = cells
+        self.moments = moments
+        self.u = u
+        self.cell_cols = [np.ascontiguousarray(cells[:, k]) for k in range(3)]
+        self.moment_cols = [np.ascontiguousarray(moments[:, k]) for k in range(3)]
+        self.m_dot_u = moments @ u
+        self.arrays = np.empty((_WORK_ARRAYS, rows, len(cells)))
+        self.near = np.empty((rows, len(cells)), dtype=bool)
+        self._scratch: dict[int, NDArray[np.float64]] = {}
+
+    def scratch(
+        self, slot: int, size: int, shape: tuple[int, ...] | None = None
+    ) -> NDArray[np.float64]:
+        """``size`` float64 of reused array number ``slot`` (grown when too small)."""
+        buf = self._scratch.get(slot)
+        if buf is None or len(buf) < size:
+            buf = self._scratch[slot] = np.empty(size)
+        view = buf[:size]
+        return view if shape is None else view.reshape(shape)
 
 
 def _block_anomaly(
     block: NDArray[np.float64],
-    cells: NDArray[np.float64],
-    moments: NDArray[np.float64],
-    u: NDArray[np.float64],
-    m_dot_u: NDArray[np.float64],
+    work: _Workspace,
     near_limit: float,
     cell_size: float,
     max_refine: int,
     block_bytes: int,
 ) -> NDArray[np.float64]:
-    rx = block[:, 0:1] - cells[None, :, 0]
-    ry = block[:, 1:2] - cells[None, :, 1]
-    rz = block[:, 2:3] - cells[None, :, 2]
-    r2 = rx * rx + ry * ry + rz * rz
-    m_dot_r = rx * moments[:, 0] + ry * moments[:, 1] + rz * moments[:, 2]
-    r_dot_u = rx * u[0] + ry * u[1] + rz * u[2]
-    del rx, ry, rz
-    inv_r2 = 1.0 / r2
-    inv_r3 = inv_r2 * np.sqrt(inv_r2)
-    # dT = cm * (3 (m.r)(r.u) / r^5 - (m.u) / r^3)
-    terms = inv_r3 * (3.0 * m_dot_r * r_dot_u * inv_r2 - m_dot_u)
-    near = r2 < near_limit * near_limit  # all False when refinement is off
+    n = len(block)
+    rx, ry, rz, r2, a, b = (arr[:n] for arr in work.arrays)
+    u, (mx, my, mz) = work.u, work.moment_cols
+    for k, r in enumerate((rx, ry, rz)):
+        np.subtract(block[:, k:k + 1], work.cell_cols[k], out=r)
+    np.multiply(rx, rx, out=r2)
+    r2 += np.multiply(ry, ry, out=a)
+    r2 += np.multiply(rz, rz, out=a)
+    m_dot_r = np.multiply(rx, mx, out=a)
+    m_dot_r += np.multiply(ry, my, out=b)
+    m_dot_r += np.multiply(rz, mz, out=b)
+    r_dot_u = rx
+    r_dot_u *= u[0]
+    r_dot_u += np.multiply(ry, u[1], out=b)
+    r_dot_u += np.multiply(rz, u[2], out=b)
+    near = np.less(r2, near_limit * near_limit, out=work.near[:n])  # all False if refinement is off
     refine = bool(near.any())
+    if refine:
+        rec, cell = np.nonzero(near)
+        near_r2 = r2[rec, cell]
+    inv_r2 = np.divide(1.0, r2, out=r2)
+    inv_r3 = np.sqrt(inv_r2, out=ry)
+    inv_r3 *= inv_r2
+    # dT = cm * (3 (m.r)(r.u) / r^5 - (m.u) / r^3)
+    terms = m_dot_r
+    terms *= r_dot_u
+    terms *= inv_r2
+    terms *= 3.0
+    terms -= work.m_dot_u
+    terms *= inv_r3
     if refine:
         terms[near] = 0.0  # these pairs are summed again, refined, below
     total: NDArray[np.float64] = terms.sum(axis=1)
     if refine:
         total += _refined(
-            block, cells, moments, u, near, r2, cell_size, near_limit, max_refine, block_bytes
+            block, work, rec, cell, near_r2, cell_size, near_limit, max_refine, block_bytes
         )
     result: NDArray[np.float64] = total * (_CM * _TESLA_TO_NT)
     return result
@@ -275,19 +348,22 @@ def _block_anomaly(
 
 def _refined(
     block: NDArray[np.float64],
-    cells: NDArray[np.float64],
-    moments: NDArray[np.float64],
-    u: NDArray[np.float64],
-    near: NDArray[np.bool_],
-    r2: NDArray[np.float64],
+    work: _Workspace,
+    rec: NDArray[np.intp],
+    cell: NDArray[np.intp],
+    near_r2: NDArray[np.float64],
     cell_size: float,
     near_limit: float,
     max_refine: int,
     block_bytes: int,
 ) -> NDArray[np.float64]:
-    """Sum, per receiver of ``block``, of the near cells split into sub-dipoles."""
-    rec, cell = np.nonzero(near)
-    splits = np.minimum(max_refine, np.ceil(near_limit / np.sqrt(r2[rec, cell]))).astype(int)
+    """Sum, per receiver of ``block``, of the near pairs ``(rec, cell)`` split into sub-dipoles.
+
+    ``near_r2`` holds their squared distances. The pairs are taken in groups of about
+    ``block_bytes / 64`` pair-sub-dipoles, in the workspace's reused arrays.
+    """
+    cells, moments, u = work.cells, work.moments, work.u
+    splits = np.minimum(max_refine, np.ceil(near_limit / np.sqrt(near_r2))).astype(int)
     splits = np.maximum(splits, 1)
     out = np.zeros(len(block))
     for s in np.unique(splits):
@@ -300,14 +376,21 @@ def _refined(
         step = max(1, int(block_bytes // (8 * 8 * k)))
         for start in range(0, len(r_idx), step):
             ri, ci = r_idx[start:start + step], c_idx[start:start + step]
+            shape = (len(ri), k)
             # (pairs, k, 3): receiver minus each sub-dipole of the cell
-            r = (block[ri] - cells[ci])[:, None, :] - offsets[None, :, :]
+            r = work.scratch(0, 3 * len(ri) * k).reshape(*shape, 3)
+            np.subtract((block[ri] - cells[ci])[:, None, :], offsets[None, :, :], out=r)
             m = moments[ci] / k
-            inv_r2 = 1.0 / np.einsum("pkj,pkj->pk", r, r)
-            inv_r3 = inv_r2 * np.sqrt(inv_r2)
-            m_dot_r = np.einsum("pkj,pj->pk", r, m)
-            r_dot_u = r @ u
-            terms = inv_r3 * (3.0 * m_dot_r * r_dot_u * inv_r2 - (m @ u)[:, None])
+            inv_r2 = np.einsum("pkj,pkj->pk", r, r, out=work.scratch(1, r.size // 3, shape))
+            np.divide(1.0, inv_r2, out=inv_r2)
+            inv_r3 = np.sqrt(inv_r2, out=work.scratch(2, inv_r2.size, shape))
+            inv_r3 *= inv_r2
+            terms = np.einsum("pkj,pj->pk", r, m, out=work.scratch(3, inv_r2.size, shape))
+            terms *= np.matmul(r, u, out=work.scratch(4, inv_r2.size, shape))  # r . u
+            terms *= inv_r2
+            terms *= 3.0
+            terms -= (m @ u)[:, None]
+            terms *= inv_r3
             out += np.bincount(ri, weights=terms.sum(axis=1), minlength=len(block))
     return out
 
@@ -528,22 +611,18 @@ def forward_task(
     cell_size: float,
     progress: Progress | None = None,
     cpu: EventContext | None = None,
-    rows_per_update: int = 64,
 ) -> NDArray[np.float64]:
     """One worker's share: :func:`forward` on its receivers.
 
-    Reports the receivers done to ``progress`` as it goes, and at the end fires ``cpu`` with
-    the CPU seconds the task used (its thread's CPU time).
+    Reports the receivers of each block to ``progress`` as it goes, and at the end fires
+    ``cpu`` with the CPU seconds the task used (its thread's CPU time). The blocks are those
+    of :func:`forward` on the whole grid (the serial run): same kernel, same block shape.
     """
     start_cpu = time.thread_time()
-    out = np.empty(len(receivers))
-    for start in range(0, len(receivers), rows_per_update):
-        stop = min(start + rows_per_update, len(receivers))
-        out[start:stop] = forward(
-            receivers[start:stop], cells, moments, direction=direction, cell_size=cell_size
-        )
-        if progress is not None:
-            progress.update(stop - start)
+    out = forward(
+        receivers, cells, moments, direction=direction, cell_size=cell_size,
+        on_block=None if progress is None else progress.update,
+    )
     if cpu is not None:
         cpu.fire(time.thread_time() - start_cpu)
     return out

@@ -309,11 +309,10 @@ def test_gil_bound_threads_are_told_apart_from_other_programs() -> None:
 
 
 def test_numpy_calls_of_the_kernel_cover_at_least_100_000_pairs() -> None:
-    # forward() sizes its blocks so that temporaries of 8 float64 per pair fit block_bytes:
-    # at the default size (7,520 cells) each NumPy call covers this many receiver-cell pairs.
+    # forward() sizes its blocks so that its workspace fits block_bytes: at the default size
+    # (7,520 cells) each NumPy call covers this many receiver-cell pairs.
     cells = len(make_problem("default").cells)
-    rows = mepa._demo._DEFAULT_BLOCK_BYTES // (8 * 8 * cells)
-    assert rows * cells >= 100_000
+    assert mepa._demo.block_rows(cells) * cells >= 100_000
 
 
 def test_the_demo_says_whether_the_c_accelerators_are_active() -> None:
@@ -324,3 +323,30 @@ def test_the_demo_says_whether_the_c_accelerators_are_active() -> None:
         importlib.util.find_spec(f"mepa.{name}") is not None for name in ("_tally", "_inplace")
     )
     assert ("active" in line) == active
+
+
+def test_serial_and_parallel_runs_use_the_same_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The speed-up compares like with like: the serial baseline's NumPy calls have the shape
+    of the workers' (the blocks of forward depend on the number of cells only)."""
+    import threading
+
+    seen: dict[str, list[int]] = {"serial": [], "parallel": []}
+    kernel = mepa._demo._block_anomaly
+    main = threading.get_ident()
+
+    def spy(block: np.ndarray, *args: object, **kwargs: object) -> np.ndarray:
+        seen["serial" if threading.get_ident() == main else "parallel"].append(len(block))
+        return kernel(block, *args, **kwargs)
+
+    monkeypatch.setattr(mepa._demo, "_block_anomaly", spy)
+    model = {"strike_length": 300.0, "dip_extent": 200.0}  # many cells: blocks of few rows
+    result = run_demo("thread", 2, "small", plot=False, file=io.StringIO(), progress=True,
+                      model=model)
+    assert sum(seen["serial"]) == sum(seen["parallel"]) == result.anomaly.size
+    rows = max(seen["serial"])
+    assert max(seen["parallel"]) == rows
+    assert rows == mepa._demo.block_rows(len(make_problem("small", **model).cells))
+    assert 1 < rows < result.anomaly.size // 4
+    # every block is full but the last of each chunk (one chunk per worker)
+    assert sum(1 for b in seen["parallel"] if b != rows) <= 2
+    assert sum(1 for b in seen["serial"] if b != rows) <= 1
