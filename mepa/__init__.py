@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from ._map import map_array
     from ._plan import AllocationPlan
     from ._progress import Progress
+    from ._state import warm_up, worker_state
     from ._types import parse_shuffle, parse_weights
     from ._worker import Worker
 
@@ -86,6 +87,8 @@ __all__ = [
     "parse_shuffle",
     "parse_weights",
     "shutdown_worker_pools",
+    "warm_up",
+    "worker_state",
 ]
 
 # Everything but the errors loads on first use, so that ``import mepa`` is cheap and so that
@@ -111,6 +114,8 @@ _LAZY = {
     "parse_shuffle": "._types",
     "parse_weights": "._types",
     "Worker": "._worker",
+    "warm_up": "._state",
+    "worker_state": "._state",
 }
 
 

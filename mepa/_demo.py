@@ -174,8 +174,9 @@ def forward(
     """Total-field anomaly (nT) of point dipoles at receivers.
 
     Vectorised over receivers and cells; receivers are taken in blocks of
-    :func:`block_rows` receivers, computed in one workspace of about ``block_bytes``. Each receiver's value depends only on
-    that receiver, so splitting ``receivers`` into chunks gives the same numbers.
+    :func:`block_rows` receivers, computed in one workspace of about ``block_bytes``. Each
+    receiver's value depends only on that receiver, so splitting ``receivers`` into chunks
+    gives the same numbers.
 
     Parameters
     ----------

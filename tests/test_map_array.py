@@ -14,7 +14,7 @@ import pytest
 import mepa
 import mepa._map
 from mepa._errors import AllocationError, MepaError
-from mepa._map import CHUNKS_PER_WORKER, map_array
+from mepa._map import CHUNKS_PER_WORKER, PIECES_PER_CHUNK, map_array
 
 from .executors import EXECUTOR_KINDS, make_executor
 
@@ -80,12 +80,39 @@ def test_progress_bar_counts_rows_in_several_chunks_per_worker(executor: mepa.Ex
     got = map_array(
         chunk_length, DATA, executor=executor, progress={"file": out, "desc": "rows done"}
     )
-    n_chunks = CHUNKS_PER_WORKER * N_WORKERS
-    assert set(np.unique(got)) <= {len(DATA) // n_chunks, math.ceil(len(DATA) / n_chunks)}
+    calls = CHUNKS_PER_WORKER * N_WORKERS * PIECES_PER_CHUNK  # fn runs on pieces of chunks
+    assert set(np.unique(got)) <= {len(DATA) // calls, math.ceil(len(DATA) / calls)}
     text = out.getvalue()
     assert "rows done" in text
     assert f"{len(DATA)}/{len(DATA)}" in text
     assert "row/s" in text
+
+
+def test_the_bar_advances_within_chunks_not_by_whole_chunks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each task advances the bar several times while its chunk runs (rows of a piece at a
+    time), and the results are those without a bar."""
+    from mepa._progress import Progress
+
+    steps: list[int] = []
+    update = Progress.update
+
+    def counted(self: Progress, n: int = 1) -> None:
+        steps.append(n)
+        update(self, n)
+
+    monkeypatch.setattr(Progress, "update", counted)
+    out = io.StringIO()
+    with mepa.ThreadExecutor(1) as ex:  # one worker: CHUNKS_PER_WORKER chunks
+        got = map_array(wave, DATA, executor=ex, shuffle=3, progress={"file": out})
+        plain = map_array(wave, DATA, executor=ex, shuffle=3)
+    assert np.array_equal(got, plain)
+    assert np.array_equal(got, wave(DATA))
+    assert sum(steps) == len(DATA)
+    assert len(steps) > CHUNKS_PER_WORKER
+    assert max(steps) < math.ceil(len(DATA) / CHUNKS_PER_WORKER)  # smaller than a chunk
+    assert f"{len(DATA)}/{len(DATA)}" in out.getvalue()
 
 
 def test_progress_true_writes_to_stderr(
@@ -236,7 +263,7 @@ def test_reduce_combines_the_per_chunk_results(executor: mepa.Executor, shuffle:
         sum_of_squares, DATA, executor=executor, shuffle=shuffle, reduce=list,
         progress={"disable": True},
     )
-    assert len(parts) == CHUNKS_PER_WORKER * N_WORKERS
+    assert len(parts) == CHUNKS_PER_WORKER * N_WORKERS * PIECES_PER_CHUNK
     assert math.isclose(math.fsum(parts), expected, rel_tol=1e-12)
 
 
