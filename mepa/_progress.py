@@ -490,7 +490,13 @@ class Progress:
                     )
                 return
             if kind == _UPDATE:
-                bar.update(n)
+                if bar.total and bar.n + n >= bar.total:
+                    # The last step is drawn once, when the bar closes (with the overall
+                    # rate): drawn now as well, a log or a captured stream (where "\r" does
+                    # not overwrite) would show the 100% line twice.
+                    bar.n += n
+                else:
+                    bar.update(n)
             elif kind == _REGISTER:
                 bar.total = (bar.total or 0) + n
                 bar.refresh()

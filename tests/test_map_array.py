@@ -270,3 +270,25 @@ def test_reduce_combines_the_per_chunk_results(executor: mepa.Executor, shuffle:
 def test_reduce_must_be_callable() -> None:
     with pytest.raises(TypeError, match=r"reduce must be a callable .* got int: 3; pass e\.g\."):
         map_array(wave, DATA, reduce=3)  # type: ignore[arg-type]
+
+
+def count_to(n: int, bar: mepa.Progress) -> int:
+    for _ in range(n):
+        bar.update(1)
+    return n
+
+
+def test_the_100_percent_line_is_written_once(executor: mepa.Executor) -> None:
+    """Every update is drawn (mininterval=0), and the bar reaches its total before it closes:
+    the final line is drawn once, at close, not once for the last update and again at close
+    (in a log or a captured stream, where ``\\r`` does not overwrite, that shows twice)."""
+    out = io.StringIO()
+    map_array(wave, DATA, executor=executor, progress={"file": out, "mininterval": 0})
+    assert out.getvalue().count(f"{len(DATA)}/{len(DATA)}") == 1
+    out = io.StringIO()
+    bar = executor.progress(total=40, file=out, mininterval=0)
+    assert executor.gather([executor.submit(count_to, 20, bar) for _ in range(2)]) == [20, 20]
+    assert bar.n == 40
+    bar.close()
+    assert out.getvalue().count("40/40") == 1
+    assert out.getvalue().endswith("\n")
