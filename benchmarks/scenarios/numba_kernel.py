@@ -14,8 +14,10 @@ compiled by numba, so harmonica is not needed. It runs:
   projected on the field direction, when harmonica is installed (it works in east-north-up:
   the positions and moments are converted, see ``docs/demo-model.md``).
 
-Every worker compiles the kernel before the timed calls (the warm-up), in parallel: what a user
-does with a per-worker warm-up task. The kernels use numba's on-disk cache (``cache=True``, in
+Every worker compiles the kernel before the timed calls, all at once (``mepa.warm_up``): what a
+user does with ``warm_up`` or an ``initializer=``. There is one source of the kernel,
+:func:`_tmi`, compiled twice: serial (``nogil=True``) and with ``parallel=True``, where its
+outer ``prange`` is numba's parallel loop. The kernels use numba's on-disk cache (``cache=True``, in
 ``benchmarks/scenarios/__pycache__``): compiling takes a second or more per process, loading
 the cache a few milliseconds. Compiling and loading are never timed.
 """
@@ -25,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -38,31 +41,17 @@ __all__ = ["NUMBA_KERNEL", "make_problem", "tmi", "tmi_parallel", "tmi_rows", "w
 _CM_NT = 1e-7 * 1e9  # mu0 / (4 pi) in T m / A, times nT per T
 
 
-def _tmi_loop(receivers: Any, cells: Any, moments: Any, direction: Any, out: Any) -> None:
-    """``out[i]``: the anomaly (nT) of every dipole at receiver ``i``."""
-    ux, uy, uz = direction[0], direction[1], direction[2]
-    for i in range(receivers.shape[0]):
-        total = 0.0
-        for j in range(cells.shape[0]):
-            rx = receivers[i, 0] - cells[j, 0]
-            ry = receivers[i, 1] - cells[j, 1]
-            rz = receivers[i, 2] - cells[j, 2]
-            r2 = rx * rx + ry * ry + rz * rz
-            inv_r2 = 1.0 / r2
-            inv_r3 = inv_r2 * math.sqrt(inv_r2)
-            mx, my, mz = moments[j, 0], moments[j, 1], moments[j, 2]
-            m_dot_r = mx * rx + my * ry + mz * rz
-            r_dot_u = rx * ux + ry * uy + rz * uz
-            m_dot_u = mx * ux + my * uy + mz * uz
-            total += inv_r3 * (3.0 * m_dot_r * r_dot_u * inv_r2 - m_dot_u)
-        out[i] = _CM_NT * total
-
-
-# numba.prange once numba is imported (numba reads the global when it compiles).
+# numba.prange once numba is imported (numba reads the global when it compiles); without
+# parallel=True numba compiles prange as range.
 _prange: Any = range
 
 
-def _tmi_prange(receivers: Any, cells: Any, moments: Any, direction: Any, out: Any) -> None:
+def _tmi(receivers: Any, cells: Any, moments: Any, direction: Any, out: Any) -> None:
+    """``out[i]``: the anomaly (nT) of every dipole at receiver ``i``.
+
+    The one source of the kernel: compiled with ``nogil=True`` it is the serial loop each mepa
+    worker runs; with ``parallel=True`` its outer loop is numba's ``prange`` over receivers.
+    """
     ux, uy, uz = direction[0], direction[1], direction[2]
     for i in _prange(receivers.shape[0]):
         total = 0.0
@@ -85,16 +74,21 @@ _JIT: dict[str, Callable[..., None]] = {}
 
 
 def _compiled(name: str) -> Callable[..., None]:
-    """The kernel compiled by numba in this process (once): ``"loop"`` or ``"prange"``."""
+    """:func:`_tmi` compiled by numba in this process (once): ``"loop"`` or ``"prange"``.
+
+    Each way compiles its own copy of the function object (same code, its own name), so
+    numba's on-disk cache keeps the two apart.
+    """
     global _prange
     if name not in _JIT:
         import numba
 
-        if name == "loop":
-            _JIT[name] = numba.njit(nogil=True, cache=True)(_tmi_loop)
-        else:
-            _prange = numba.prange
-            _JIT[name] = numba.njit(nogil=True, parallel=True, cache=True)(_tmi_prange)
+        _prange = numba.prange
+        copy = types.FunctionType(_tmi.__code__.replace(co_name=f"_tmi_{name}"),
+                                  _tmi.__globals__, f"_tmi_{name}")
+        copy.__qualname__ = f"_tmi_{name}"
+        parallel = name == "prange"
+        _JIT[name] = numba.njit(nogil=True, parallel=parallel, cache=True)(copy)
     return _JIT[name]
 
 
@@ -193,8 +187,12 @@ def _build(config: RunConfig) -> ScenarioPlan:
         def setup(stack: contextlib.ExitStack) -> Prepared:
             ex = c.mepa_executor(stack, kind, w)
             map_array = c.mepa_attr("map_array")
-            # The warm-up: every worker compiles the kernel at once, before the timed calls.
-            ex.gather([ex.submit_to(worker, warm_up) for worker in ex.workers])
+            # The warm-up: every worker compiles the kernel at once, before the timed calls
+            # (mepa.warm_up runs it once in each worker; older mepa: a task per worker).
+            try:
+                c.mepa_attr("warm_up")(ex, warm_up)
+            except AttributeError:
+                ex.gather([ex.submit_to(worker, warm_up) for worker in ex.workers])
             shared = ex.scatter(receivers)
             return Prepared(
                 call=lambda: map_array(tmi, shared, executor=ex, **model),
