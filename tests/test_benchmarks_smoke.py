@@ -70,7 +70,9 @@ EXPECTED_VARIANTS = {
     "demo": [
         "magnetic-serial", "magnetic-mepa", "magnetic-joblib", "pi-serial", "pi-mepa", "pi-joblib",
     ],
-    "numba_kernel": ["serial", "numba-parallel", "mepa-thread", "mepa-process", "harmonica"],
+    "numba_kernel": [
+        "serial", "numba-parallel", "mepa-thread", "mepa-process", "harmonica", "choclo",
+    ],
 }
 
 

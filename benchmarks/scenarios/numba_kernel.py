@@ -12,7 +12,11 @@ compiled by numba, so harmonica is not needed. It runs:
 - ``mepa-process``: the same on a ``ProcessExecutor`` (receivers through shared memory);
 - ``harmonica``: ``harmonica.dipole_magnetic(..., parallel=True)`` on ``workers`` numba threads,
   projected on the field direction, when harmonica is installed (it works in east-north-up:
-  the positions and moments are converted, see ``docs/demo-model.md``).
+  the positions and moments are converted, see ``docs/demo-model.md``);
+- ``choclo``: what choclo's users write, a ``prange`` loop (``parallel=True``) over receivers
+  and dipoles calling ``choclo.dipole.magnetic_field``, projected, when choclo is installed.
+
+harmonica and choclo are optional: without them their variants are reported as skipped.
 
 Every worker compiles the kernel before the timed calls, all at once (``mepa.warm_up``): what a
 user does with ``warm_up`` or an ``initializer=``. There is one source of the kernel,
@@ -159,6 +163,48 @@ def _harmonica_tmi(problem: dict[str, np.ndarray], threads: int) -> np.ndarray:
     return np.asarray(b_e * u[1] + b_n * u[0] - b_u * u[2])
 
 
+# choclo's point-dipole field once choclo is imported (read by numba when it compiles).
+_choclo_field: Any = None
+
+
+def _choclo_loop(
+    east: Any, north: Any, up: Any, c_east: Any, c_north: Any, c_up: Any, m_east: Any,
+    m_north: Any, m_up: Any, u_enu: Any, out: Any,
+) -> None:
+    """choclo's way: a ``prange`` loop of the user's over choclo's point kernel, projected."""
+    for i in _prange(east.size):
+        total = 0.0
+        for j in range(c_east.size):
+            b_e, b_n, b_u = _choclo_field(
+                east[i], north[i], up[i], c_east[j], c_north[j], c_up[j], m_east[j],
+                m_north[j], m_up[j],
+            )
+            total += b_e * u_enu[0] + b_n * u_enu[1] + b_u * u_enu[2]
+        out[i] = 1e9 * total  # choclo's field is in T
+
+
+def _choclo_tmi(problem: dict[str, np.ndarray], threads: int) -> np.ndarray:
+    """The anomaly through choclo's ``dipole.magnetic_field`` (east-north-up), in nT."""
+    global _choclo_field, _prange
+    import numba
+
+    if "choclo" not in _JIT:
+        import choclo.dipole
+
+        _choclo_field, _prange = choclo.dipole.magnetic_field, numba.prange
+        _JIT["choclo"] = numba.njit(parallel=True, nogil=True)(_choclo_loop)
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    rec, cells, m, u = (problem[k] for k in ("receivers", "cells", "moments", "direction"))
+    out = np.empty(len(rec))
+    _JIT["choclo"](
+        *(np.ascontiguousarray(a) for a in (rec[:, 1], rec[:, 0], -rec[:, 2])),
+        *(np.ascontiguousarray(a) for a in (cells[:, 1], cells[:, 0], -cells[:, 2])),
+        *(np.ascontiguousarray(a) for a in (m[:, 1], m[:, 0], -m[:, 2])),
+        np.array([u[1], u[0], -u[2]]), out,
+    )
+    return out
+
+
 def _build(config: RunConfig) -> ScenarioPlan:
     w = config.workers
     n_side = config.size(100, 20)
@@ -202,6 +248,10 @@ def _build(config: RunConfig) -> ScenarioPlan:
 
         return setup
 
+    def choclo(stack: contextlib.ExitStack) -> Prepared:
+        _choclo_tmi({**problem, "receivers": receivers[:2]}, w)  # compile
+        return Prepared(call=lambda: _choclo_tmi(problem, w), check=check)
+
     def harmonica(stack: contextlib.ExitStack) -> Prepared:
         _harmonica_tmi({**problem, "receivers": receivers[:2]}, w)  # compile
         return Prepared(call=lambda: _harmonica_tmi(problem, w), check=check)
@@ -228,6 +278,11 @@ def _build(config: RunConfig) -> ScenarioPlan:
             "harmonica", "competitor", harmonica,
             f"harmonica.dipole_magnetic(parallel=True) on {w} numba threads, projected",
             requires=("harmonica", "numba"),
+        ),
+        Variant(
+            "choclo", "competitor", choclo,
+            f"a prange loop over choclo.dipole.magnetic_field on {w} numba threads, projected",
+            requires=("choclo", "numba"),
         ),
     )
     group = Group(
