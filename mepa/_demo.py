@@ -831,8 +831,10 @@ def busy_note(
     show in the load average (runnable tasks, averaged over a minute) beyond the demo's own
     workers; and, on the thread executor, **the GIL**: threads that hold it take turns, so the
     process gets no more CPU time per second with ``n`` threads (``thread_cores``) than one
-    thread got in the serial run (``serial_cores``), whatever the load; and the load average
-    does not count them (a thread waiting for the GIL sleeps).
+    thread got in the serial run (``serial_cores``); and the load average does not count them
+    (a thread waiting for the GIL sleeps). On a crowded machine the comparison cannot tell
+    the two apart (a machine that gives each program one share of the cores, whatever its
+    threads, makes threads that release the GIL look the same), and the note says so.
 
     Parameters
     ----------
@@ -878,7 +880,18 @@ def busy_note(
         and serial_cores > 0 and thread_cores < 1.4 * serial_cores
     )
     notes = []
-    if gil:
+    if gil and crowded:
+        # Where the machine's share of each program is capped (control groups give a
+        # program a share of the cores however many threads it runs), busy cores make
+        # threads that do release the GIL look like one thread too.
+        notes.append(
+            f"the {n_workers} threads together used {thread_cores:.2f} cores, as one thread "
+            f"did serially ({serial_cores:.2f}); with other programs busy on the cores this does "
+            "not tell whether they held the GIL (a shared machine may give this program one "
+            "share of the cores however many threads it runs): compare with --executor process "
+            "now, or rerun on a quiet machine"
+        )
+    elif gil:
         notes.append(
             f"the {n_workers} threads together used {thread_cores:.2f} cores, as one thread "
             f"did serially ({serial_cores:.2f}): they held the GIL (Python code, or NumPy calls "
