@@ -93,3 +93,19 @@ def test_bad_arguments(args: tuple, kwargs: dict, error: type, match: str) -> No
         args = tuple(executor if a == "executor" else a for a in args)
         with pytest.raises(error, match=match):
             warm_up(*args, **kwargs)
+
+
+@pytest.mark.dask
+def test_warm_up_sets_up_every_worker_of_a_dask_cluster() -> None:
+    """Dask has no initializer=: warm_up(executor, setup, ...) runs it once in each worker
+    (one thread each here), and the tasks reuse what it built."""
+    from .executors import make_executor
+
+    with make_executor("dask", 2) as executor:
+        started = warm_up(executor, support.build, 10)
+        assert started == [None, None]
+        builders = warm_up(executor, lambda: worker_state()["built_by"])
+        results = executor.gather([executor.submit(support.use, i) for i in range(20)])
+    assert len(set(builders)) == 2
+    assert {who for who, _, _, _ in results} <= set(builders)
+    assert [value for _, _, _, value in results] == [(i % 10) ** 2 for i in range(20)]
