@@ -47,7 +47,9 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._errors import ArgumentTypeError, InvalidArgumentError
-from ._events import _IN_TASK, EventContext, EventHub, _flush_at_task_end, _flush_soon, _poll
+from ._events import EventContext, EventHub
+from ._events._context import _IN_TASK
+from ._events._sender import _flush_at_task_end, _flush_soon, _poll
 
 if TYPE_CHECKING:
     from typing_extensions import Self

@@ -16,11 +16,11 @@ import cloudpickle
 import loky
 import pytest
 
-from mepa import _events
 from mepa._events import (
     EventContext,
     EventHub,
     TaskResult,
+    _sender,
     in_task,
     outcome_tokens,
     run_task,
@@ -291,7 +291,7 @@ def test_channel_refuses_a_wrong_authkey_and_keeps_serving(hub, caplog):
         assert done.wait(10)
         assert seen == ["via socket"]
     finally:
-        _events._SENDERS.pop(channel.key, None)
+        _sender._SENDERS.pop(channel.key, None)
         sender.close()
 
 
@@ -308,7 +308,7 @@ def test_unpicklable_event_is_reported_on_the_host(hub, caplog):
             assert done.wait(10)
         assert any("could not pickle" in r.getMessage() for r in caplog.records)
     finally:
-        _events._SENDERS.pop(channel.key, None)
+        _sender._SENDERS.pop(channel.key, None)
         sender.close()
 
 
@@ -325,7 +325,7 @@ def test_close_dispatches_what_the_socket_already_holds():
         hub.close(timeout=10)
         assert seen == [0, 1, 2]
     finally:
-        _events._SENDERS.pop(channel.key, None)
+        _sender._SENDERS.pop(channel.key, None)
         sender.close()
         hub.close()
 
@@ -354,7 +354,7 @@ class _Item:
 def test_registry_lists_while_other_threads_add():
     # A task ending in one thread lists the objects to flush while a task starting in another
     # registers one; a WeakSet raised "Set changed size during iteration" here.
-    registry = _events._WeakRegistry()
+    registry = _sender._WeakRegistry()
     stop = threading.Event()
     kept = []
 
