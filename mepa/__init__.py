@@ -34,7 +34,8 @@ from ._errors import (
 )
 
 if TYPE_CHECKING:
-    from ._allocation import Allocation, ChunkSelection, arrange, arrange_many
+    from ._allocation import Allocation, arrange, arrange_many
+    from ._chunking import ChunkSelection
     from ._events import EventContext
     from ._executors._base import Executor, MapIterator, SubExecutor
     from ._executors._dask import DaskExecutor
@@ -96,7 +97,7 @@ __all__ = [
 _LAZY = {
     "Allocation": "._allocation",
     "AllocationPlan": "._plan",
-    "ChunkSelection": "._allocation",
+    "ChunkSelection": "._chunking",
     "arrange": "._allocation",
     "arrange_many": "._allocation",
     "EventContext": "._events",

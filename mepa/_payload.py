@@ -6,8 +6,8 @@ is large or already shared, and hands loky opaque bytes. The C pickler finds the
 there is no Python walk over the arguments (for ``map`` batches of many small items such a
 walk would cost more than the pickling), and arrays nested in any object are covered.
 
-A worker that runs a task without arrays never imports NumPy or :mod:`mepa._shm` for it: the
-first task on a new pool starts as fast as a plain loky task.
+A worker that runs a task without arrays never imports NumPy or :mod:`mepa._segments` for it:
+the first task on a new pool starts as fast as a plain loky task.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 
 if TYPE_CHECKING:
-    from ._shm import Lease, OutputBuffer, ResultTaker, SegmentPool, SegmentRef, SharedArray
+    from ._segments import Lease, SegmentPool, SegmentRef, SharedArray
+    from ._shm import OutputBuffer, ResultTaker
 
 __all__ = [
     "SentTraceback",
@@ -68,7 +69,7 @@ def _rebuild_array(
     name: str, offset: int, shape: tuple[int, ...], dtype: Any, strides: tuple[int, ...],
     writeable: bool, kind: Any,
 ) -> Any:
-    from ._shm import SharedArray
+    from ._segments import SharedArray
 
     handle = SharedArray(name, offset, shape, dtype, strides, writeable, kind)
     taker: ResultTaker | None = getattr(_decoding, "taker", None)
@@ -123,7 +124,7 @@ def dumps_result(obj: Any, prefix: str, threshold: int, slot: SegmentRef | None 
         _SharingPickler(buffer, share).dump(obj)
     except BaseException:
         if created:
-            from ._shm import unlink
+            from ._segments import unlink
 
             for name in created:
                 unlink(name)
@@ -191,7 +192,7 @@ def run_payload(
 
     ``slot`` is where the host wants the result's (first) big array: a region of a shared
     output buffer. The result says which input segments the task's code kept
-    (:func:`~mepa._shm.kept_inputs`), so that the host never hands them out again.
+    (:func:`~mepa._segments.kept_inputs`), so that the host never hands them out again.
     """
     try:
         outcome = _run_payload(payload, prefix, threshold, slot)
@@ -204,14 +205,14 @@ def run_payload(
         outcome.kept = _kept_inputs(None)
         return outcome
     finally:
-        shm = sys.modules.get("mepa._shm")
+        shm = sys.modules.get("mepa._segments")
         if shm is not None:  # arrays were mapped: keep the worker's mapping cache bounded
             shm.trim_attached(shm.WORKER_CACHE_BYTES)
 
 
 def _kept_inputs(exc: BaseException | None) -> tuple[str, ...]:
     """Input segments still in use now that the task is over (its frames cleared)."""
-    shm = sys.modules.get("mepa._shm")
+    shm = sys.modules.get("mepa._segments")
     if shm is None:  # no array was mapped
         return ()
     if exc is not None:  # the traceback's frames hold the task's locals: they are not kept
@@ -256,7 +257,7 @@ def _result_region(slot: SegmentRef | None) -> Any:
     if slot is None or slot.size == 0:  # an empty chunk's region: nothing to allocate there
         return None
     from ._regions import region_over
-    from ._shm import open_region
+    from ._segments import open_region
 
     return region_over(open_region(slot))
 
@@ -266,7 +267,7 @@ def _settle(
 ) -> SharedResult:
     """Pickle the result in ``box`` (taken out of it) of a task whose region is in use."""
     from ._regions import occupies
-    from ._shm import SharedArray, open_region
+    from ._segments import SharedArray, open_region
 
     result = box.pop()
     field = getattr(type(result), "result_field", None)  # a wrapper, such as the row placer's

@@ -5,7 +5,7 @@ model machinery; it loads when a plan is first asked for.
 
 A plan read from JSON may have been edited by hand: every field is checked (numbers that are
 numbers, not strings or booleans; counts that fit an ``int64``), then the plan as a whole
-(:func:`~mepa._allocation._check_layout`). Whatever fails raises
+(:func:`~mepa._chunking._check_layout`). Whatever fails raises
 :class:`~mepa.AllocationError`, never pydantic's own ``ValidationError``.
 """
 
@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from ._allocation import _check_layout, _check_order
+from ._chunking import _check_layout, _check_order
 from ._errors import AllocationError, MepaError
 
 __all__ = ["AllocationPlan"]
@@ -81,7 +81,7 @@ class AllocationPlan(BaseModel):
     block_rows
         Rows per shuffled block.
     order
-        The block order (see :mod:`mepa._allocation`), or ``None`` when unshuffled.
+        The block order (see :mod:`mepa._chunking`), or ``None`` when unshuffled.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")

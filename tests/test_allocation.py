@@ -12,15 +12,10 @@ import pytest
 from pydantic import ValidationError
 
 import mepa._allocation
+import mepa._chunking
 import mepa._types
-from mepa._allocation import (
-    Allocation,
-    ChunkSelection,
-    arrange,
-    arrange_many,
-    auto_block_rows,
-    chunk_sizes,
-)
+from mepa._allocation import Allocation, arrange, arrange_many
+from mepa._chunking import ChunkSelection, auto_block_rows, chunk_sizes
 from mepa._errors import AllocationError
 from mepa._plan import AllocationPlan
 from mepa._types import DEFAULT_SEED, parse_shuffle, parse_weights
@@ -36,7 +31,7 @@ def all_indices(alloc: Allocation) -> np.ndarray:
 # -- docs ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("module", [mepa._allocation, mepa._types])
+@pytest.mark.parametrize("module", [mepa._allocation, mepa._chunking, mepa._types])
 def test_docstring_examples(module: Any) -> None:
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0

@@ -78,7 +78,7 @@ def test_process_inputs_not_kept_are_reused():
         data = np.full(BIG, 1.0)
         for _ in range(4):
             assert executor.submit_and_gather(np.sum, data) == BIG
-        pool = executor._segments
+        pool = executor._shared._segments
         assert pool is not None
         assert pool.segments_created == 1
 

@@ -197,7 +197,7 @@ def test_segments_are_reused_between_calls(executor):
         del _
         result = alloc.reassemble(executor.gather(executor.distribute(trig, alloc)))
         del result
-    pool = executor._segments
+    pool = executor._shared._segments
     assert pool is not None
     # source + output, and one spare output while the previous result was alive
     assert pool.segments_created <= 4
@@ -269,9 +269,9 @@ def die_on_second_chunk(chunk):
 
 
 def worker_segments(executor):
-    from mepa._shm import list_segments
+    from mepa._segments import list_segments
 
-    return [name for name in list_segments(executor._pool().prefix) if "-w" in name]
+    return [name for name in list_segments(executor._shared.pool().prefix) if "-w" in name]
 
 
 def test_worker_killed_while_sending_a_big_result_leaves_no_segment(executor):
@@ -309,7 +309,7 @@ def test_worker_killed_during_a_shuffled_distribute_returns_every_segment(execut
     with pytest.raises(mepa.WorkerCrashedError):
         executor.gather(executor.distribute(die_without_row_zero, alloc), timeout=60)
     gc.collect()
-    pool = executor._segments
+    pool = executor._shared._segments
     created = pool.segments_created
     for _ in range(3):
         result = alloc.reassemble(executor.gather(executor.distribute(trig, alloc), timeout=60))

@@ -17,20 +17,22 @@ import numpy as np
 import pytest
 
 from mepa._errors import ExecutorShutdownError
-from mepa._shm import (
+from mepa._segments import (
     DEFAULT_THRESHOLD,
     Lease,
     SegmentPool,
     SharedArray,
     _size_class,
+    list_segments,
+    sweep_stale_segments,
+)
+from mepa._shm import (
     decode_args,
     decode_result,
     encode_args,
     encode_result,
-    list_segments,
     run_shared,
     shared_nbytes,
-    sweep_stale_segments,
 )
 
 pytestmark = pytest.mark.timeout(90)
@@ -88,12 +90,12 @@ def call(ex: Any, pool: SegmentPool, fn: Any, *args: Any, slot: int = 0) -> Any:
 
 def probe(x: np.ndarray) -> dict[str, Any]:
     """Checksum of ``x`` and proof that it is a view of a mapped segment."""
-    from mepa import _shm
+    from mepa import _segments
 
     return {
         "sum": float(x.sum()),
         "owndata": bool(x.flags.owndata),
-        "in_segment": any(np.shares_memory(x, e.base) for e in _shm._ATTACHED.values()),
+        "in_segment": any(np.shares_memory(x, e.base) for e in _segments._ATTACHED.values()),
         "pid": os.getpid(),
     }
 
@@ -257,12 +259,12 @@ def test_segment_names_cannot_be_predicted(pool: SegmentPool) -> None:
 
 
 def test_a_name_collision_is_retried(pool: SegmentPool, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mepa import _shm
+    from mepa import _segments
 
     lease = pool.lease(10)
     taken = lease.name.rsplit("-h", 1)[1]
     suffixes = iter([taken, taken, "0123456789abcdef"])
-    monkeypatch.setattr(_shm, "_random_suffix", lambda: next(suffixes))
+    monkeypatch.setattr(_segments, "_random_suffix", lambda: next(suffixes))
     again = pool.lease(BIG * 8)  # two collisions, then a free name
     assert again.name == f"{pool.prefix}-h0123456789abcdef"
     again.release()
@@ -272,7 +274,7 @@ def test_a_name_collision_is_retried(pool: SegmentPool, monkeypatch: pytest.Monk
 HOST = textwrap.dedent(
     """
     import sys
-    from mepa._shm import SegmentPool
+    from mepa._segments import SegmentPool
 
     pool = SegmentPool(prefix=sys.argv[1])
     lease = pool.lease(1 << 16)
@@ -444,16 +446,16 @@ def test_no_leftovers_when_worker_dies(pool: SegmentPool, how: str) -> None:
 
 
 def test_worker_cache_is_trimmed_to_its_budget(pool: SegmentPool) -> None:
-    from mepa import _shm
+    from mepa import _segments
 
     handle = encode_result(np.arange(BIG, dtype=np.float64), pool.prefix)  # not a pool segment
     assert shared_nbytes(handle) == BIG * 8
     view = handle.open()
-    assert handle.name in _shm._ATTACHED
-    _shm.trim_attached(budget=BIG * 8)
-    assert handle.name in _shm._ATTACHED
-    _shm.trim_attached(budget=0)
-    assert handle.name not in _shm._ATTACHED
+    assert handle.name in _segments._ATTACHED
+    _segments.trim_attached(budget=BIG * 8)
+    assert handle.name in _segments._ATTACHED
+    _segments.trim_attached(budget=0)
+    assert handle.name not in _segments._ATTACHED
     assert view[-1] == BIG - 1  # still mapped while a view exists
     pool.cleanup_leftovers(force=True)
 
@@ -467,7 +469,8 @@ def test_cleanup_leftovers_keeps_live_workers_segments_unless_forced(pool: Segme
 SCRIPT = textwrap.dedent(
     """
     import numpy as np, loky
-    from mepa._shm import SegmentPool, encode_args, decode_result, run_shared, list_segments
+    from mepa._segments import SegmentPool, list_segments
+    from mepa._shm import encode_args, decode_result, run_shared
 
     def work(x, out):
         out[:] = x

@@ -1,12 +1,38 @@
 """The executor contract, implemented once on top of an engine's ``submit``.
 
-::
+From ``arrange`` to ``reassemble``, with the event path and the completion tokens::
 
-    data ──arrange──▶ Allocation ──distribute──▶ one task per worker ──▶ TaskFuture
-                       (chunks by weight,          (each Allocation argument      │
-                        seeded block shuffle)        replaced by that worker's     │
-                                                     chunk)                        ▼
-    result ◀──reassemble── [chunk results] ◀──────────── gather (same structure as given)
+    host                                                        worker (thread, process, Dask, Ray)
+    ────                                                        ─────────────────────────────────
+    data ─arrange─▶ Allocation (sizes by weight, block order: _chunking)
+                      │
+                      ├─distribute─▶ _plan_distribute: big data into shared memory once
+                      │              (SharedMemoryTransport; None on threads and Dask)
+                      │              one task per worker, Allocation argument -> chunk i
+                      │                 │
+                      │   submit ─▶ _prepare_call: run_task(fn, chunk i) (+ payload pickled,
+                      │             arrays as handles) ─▶ _engine_submit ─▶ engine future
+                      │                                                     │
+                      │                                          run_task ──┤ fn(chunk i)
+                      │                                                     │  ctx.fire(...) ─┐
+                      │                                                     │  progress.update│
+                      │   EventHub ◀── batches (unix socket, Dask topic, ◀──┼── BatchSender ◀─┘
+                      │    queue        Ray actor; local: straight to queue)│   (N events,
+                      │     │                                               │    T seconds)
+                      │     ▼                                               │ task end: flush,
+                      │   dispatcher thread ─▶ callbacks, tqdm bars         │ tokens (hub,
+                      │     │                                               │ source, seq)
+                      │     │                       engine future done ◀────┘ TaskResult(value,
+                      │     │                          │                       tokens)
+                      │     │          _settle: _decode_result, _translate_error, _task_finished
+                      │     └─ after(tokens) ◀──────── _after_events(tokens, complete)
+                      │          every batch named by a token dispatched ─▶ TaskFuture completes
+                      │                                                          │
+    result ◀─reassemble── [chunk results] ◀── gather (same structure as given) ◀─┘
+      (adjacent views or the workers' ordered copy: no copy (_placement); else one scatter pass)
+
+A task's future completes only once the host dispatched every event the task fired before
+it returned (:mod:`mepa._events`: the tokens name the last batch of each source).
 
 Subclasses adapt one engine (the caller's thread, a thread pool, loky processes, a Dask
 cluster, Ray). They implement the small interface :class:`~mepa._executors._engine.Engine`

@@ -20,7 +20,8 @@ from ._engine import Capabilities
 from ._futures import Task, TaskFuture
 
 if TYPE_CHECKING:
-    from .._shm import OutputBuffer, SegmentPool
+    from .._segments import SegmentPool
+    from .._shm import OutputBuffer
 
 # Outputs of at least this many bytes are written by the threads into one pooled buffer.
 _POOLED_OUTPUT_BYTES = 1 << 20
@@ -188,7 +189,8 @@ class ThreadExecutor(_InProcess):
         return alloc[i]
 
     def _output_buffer(self, nbytes: int) -> OutputBuffer:
-        from .._shm import OutputBuffer, SegmentPool
+        from .._segments import SegmentPool
+        from .._shm import OutputBuffer
 
         with self._buffers_lock:
             if self._buffers is None:

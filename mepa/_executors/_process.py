@@ -32,47 +32,23 @@ import os
 import re
 import signal
 import threading
-import uuid
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from .._allocation import Allocation, ChunkSelection, PlacedRows
-from .._errors import (
-    COMMON_ERRORS,
-    ArgumentTypeError,
-    InitializerError,
-    InvalidArgumentError,
-    WorkerCrashedError,
-)
+from .._allocation import Allocation
+from .._errors import COMMON_ERRORS, InitializerError, WorkerCrashedError
 from .._heap import run_kept, worker_env
-from .._payload import (
-    INPUTS_KEPT,
-    REGION_HELD,
-    SharedResult,
-    dumps_shared,
-    loads_result,
-    run_payload,
-    run_sent_back,
-)
+from .._payload import run_sent_back
 from .._rundir import RunDir
-from .._shm import (
-    DEFAULT_THRESHOLD,
-    Lease,
-    OutputBuffer,
-    SegmentPool,
-    SegmentRef,
-    SharedArray,
-    open_region,
-)
+from .._segments import DEFAULT_THRESHOLD
 from .._threads import check_inner_threads, thread_env
-from .._types import check_bool, parse_dtype, parse_shape
+from .._types import check_bool
 from .._worker import Worker, make_workers, physical_cores
-from ._base import ChunkCall, ChunkHint, DistributePlan, Executor, LazyChunk, check_initializer
+from ._base import DistributePlan, Executor, check_initializer
 from ._engine import Capabilities
 from ._futures import Task, notify_cancelled
+from ._shared import SharedMemoryTransport
 
 if TYPE_CHECKING:
     from .._events import Channel, EventHub
@@ -80,16 +56,6 @@ if TYPE_CHECKING:
 __all__ = ["ProcessExecutor"]
 
 _IDLE_TIMEOUT = 60.0
-
-
-class _Transport:
-    """A task's shared-memory leases (its big arguments) and its planned output buffer."""
-
-    __slots__ = ("leases", "output")
-
-    def __init__(self, leases: list[Lease], output: OutputBuffer | None) -> None:
-        self.leases = leases
-        self.output = output
 
 
 class ProcessExecutor(Executor):
@@ -159,25 +125,10 @@ class ProcessExecutor(Executor):
         self._initializer = initializer
         self._initargs = initargs
         self._init_failure: str | None = None
-        fix = "pass a number of bytes such as 1 << 20 (the default), or None to pickle arrays"
-        if shared_memory_threshold is not None and (
-            isinstance(shared_memory_threshold, bool)
-            or not isinstance(shared_memory_threshold, int)
-        ):
-            raise ArgumentTypeError(
-                "shared_memory_threshold must be an int number of bytes >= 0 or None, got "
-                f"{type(shared_memory_threshold).__name__}: {shared_memory_threshold!r}; {fix}"
-            )
-        if shared_memory_threshold is not None and shared_memory_threshold < 0:
-            raise InvalidArgumentError(
-                "shared_memory_threshold must be a number of bytes >= 0 or None, got "
-                f"{shared_memory_threshold!r}; {fix}"
-            )
-        self._threshold = shared_memory_threshold
+        self._shared = SharedMemoryTransport(shared_memory_threshold)
         self._keep_heap = check_bool("keep_worker_heap", keep_worker_heap)
         self._engine_lock = threading.Lock()
         self._engine: Any = None
-        self._segments: SegmentPool | None = None
         self._tracker: RunDir | None = None
         self._numbers = itertools.count(1)
         self._inflight: dict[int, Task] = {}  # by task number, until settled
@@ -186,12 +137,6 @@ class ProcessExecutor(Executor):
 
     # -- shared memory
 
-    def _pool(self) -> SegmentPool:
-        with self._engine_lock:
-            if self._segments is None:
-                self._segments = SegmentPool()
-            return self._segments
-
     def create_shared_array(self, shape: int | tuple[int, ...], dtype: Any = float) -> Any:
         """An uninitialised array in shared memory that tasks write into, in place.
 
@@ -199,7 +144,7 @@ class ProcessExecutor(Executor):
         returns to the executor's pool when the array and its views are garbage collected.
         """
         self._check_open()
-        return self._pool().empty(parse_shape(shape), parse_dtype(dtype))
+        return self._shared.empty(shape, dtype)
 
     def scatter(self, data: Any) -> Any:
         """Put a big array in shared memory once; pass the returned array to many tasks.
@@ -207,17 +152,7 @@ class ProcessExecutor(Executor):
         Arrays below the threshold, and other objects, are returned unchanged.
         """
         self._check_open()
-        if (
-            self._threshold is not None
-            and isinstance(data, np.ndarray)
-            and type(data) is np.ndarray
-            and data.dtype != object
-            and data.nbytes >= self._threshold
-        ):
-            shared = self._pool().empty(data.shape, data.dtype)
-            np.copyto(shared, data)
-            return shared
-        return data
+        return self._shared.scatter(data)
 
     def _prepare_call(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], task: Task
@@ -225,23 +160,11 @@ class ProcessExecutor(Executor):
         from .._events import run_task
 
         tracker = self._number_task(task)
-        if self._threshold is None:
+        encoded = self._shared.encode(fn, args, kwargs, task.hint)
+        if encoded is None:
             return _run_tracked, (tracker, run_kept, run_sent_back, run_task, fn, *args), kwargs
-        hint = task.hint
-        slot: SegmentRef | None = None
-        output: OutputBuffer | None = None
-        if hint is not None:
-            fn = hint.wrap(fn)
-            if isinstance(hint, _ChunkHint):
-                slot, output = hint.slot, hint.output
-        pool = self._pool()
-        payload, leases = dumps_shared((fn, args, kwargs), pool, self._threshold)
-        task.data = _Transport(leases, output)
-        call = (
-            run_kept, run_sent_back, run_task, run_payload, payload, pool.prefix,
-            self._threshold, slot,
-        )
-        return _run_tracked, (tracker, *call), {}
+        call, task.data = encoded
+        return _run_tracked, (tracker, run_kept, run_sent_back, run_task, *call), {}
 
     def _number_task(self, task: Task) -> tuple[str, int, int]:
         """Number the task; its worker records the number while it runs (see _run_tracked)."""
@@ -255,54 +178,21 @@ class ProcessExecutor(Executor):
             return self._tracker.path, number, os.getpid()
 
     def _decode_result(self, task: Task, value: Any) -> Any:
-        transport = task.data
-        if not isinstance(value, SharedResult) or not isinstance(transport, _Transport):
-            return value
-        if value.held:
-            self._retire(transport.output)
-        self._retire_inputs(value.kept)
-        return loads_result(value.payload, transport.output)
-
-    def _retire(self, output: OutputBuffer | None) -> None:
-        """A worker's array still uses ``output``: never hand its segment out again."""
-        segments = self._segments
-        if output is not None and segments is not None:
-            segments.retire(output.name)
-
-    def _retire_inputs(self, names: Sequence[str]) -> None:
-        """The task's code kept views of these input segments: never hand them out again."""
-        segments = self._segments
-        if segments is not None:
-            for name in names:
-                segments.retire(name)
+        return self._shared.decode(task.data, value)
 
     def _task_finished(self, task: Task) -> None:
         with self._engine_lock:
             number = self._number_of.pop(id(task), None)
             if number is not None:
                 self._inflight.pop(number, None)
-        transport, task.data = task.data, None
-        if isinstance(transport, _Transport):
-            for lease in transport.leases:
-                lease.release()
+        arrays, task.data = task.data, None
+        self._shared.release(arrays)
 
     def _plan_distribute(self, allocations: list[Allocation]) -> DistributePlan | None:
-        if self._threshold is None:
-            return None
-        big = [
-            a for a in allocations
-            if sum(x.nbytes for x in a.arrays) >= self._threshold and _shareable(a)
-        ]
-        if not big:
-            return None
-        return _SharedPlan(self._pool(), big, self._threshold)
+        return self._shared.plan_distribute(allocations)
 
     def _chunk_argument(self, alloc: Allocation, i: int, plan: DistributePlan | None) -> Any:
-        if isinstance(plan, _SharedPlan):
-            sources = plan.sources.get(id(alloc))
-            if sources is not None:
-                return _SharedChunk(sources, alloc.selection(i), len(alloc.arrays) > 1)
-        return alloc[i]
+        return self._shared.chunk_argument(alloc, i, plan)
 
     # -- engine
 
@@ -339,15 +229,13 @@ class ProcessExecutor(Executor):
     def _engine_shutdown(self, wait: bool) -> None:
         with self._engine_lock:
             engine, self._engine = self._engine, None
-            segments, self._segments = self._segments, None
             tracker, self._tracker = self._tracker, None
         if engine is not None:
             if wait:
                 engine.shutdown(wait=True)
             else:
                 self._stop_workers(engine, "shutdown(wait=False)")
-        if segments is not None:
-            segments.close()
+        self._shared.close()
         if tracker is not None:
             tracker.close()
 
@@ -413,13 +301,9 @@ class ProcessExecutor(Executor):
                     return error
         if isinstance(exc, TerminatedWorkerError):
             crash = self._crash_error(exc, task, number)
-            segments = self._segments
-            if segments is not None:
-                segments.cleanup_leftovers()
+            self._shared.worker_died()
             return crash
-        if exc.__dict__.pop(REGION_HELD, False) and isinstance(task.data, _Transport):
-            self._retire(task.data.output)
-        self._retire_inputs(exc.__dict__.pop(INPUTS_KEPT, ()))
+        self._shared.failed(task.data, exc)
         return super()._translate_error(exc, task)
 
     def _crash_error(
@@ -599,245 +483,6 @@ def shutdown_worker_pools() -> None:
 def _is_broken(engine: Any) -> bool:
     flags = getattr(engine, "_flags", None)
     return flags is None or bool(flags.broken) or bool(flags.shutdown)
-
-
-class _ChunkHint(ChunkHint):
-    """Chunk ``i``'s part of a shared distribute: where its result should go."""
-
-    __slots__ = ("output", "placement", "slot")
-
-    def __init__(
-        self,
-        output: OutputBuffer | None,
-        slot: SegmentRef | None,
-        placement: _PlaceRows | None = None,
-    ) -> None:
-        self.output = output
-        self.slot = slot
-        self.placement = placement
-
-    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        """Take the chunk in the worker; then, if planned, put the result's rows in place."""
-        call = ChunkCall(fn)
-        return call if self.placement is None else _Placing(call, self.placement)
-
-
-class _SharedPlan(DistributePlan):
-    """A distribute whose big allocations were copied once into shared memory.
-
-    Every worker then takes its own chunk from the shared source (a view when unshuffled,
-    its gather of blocks when shuffled), in parallel, and makes its result in (or copies it
-    into) the region of one shared output buffer where its rows sit (see
-    :mod:`mepa._regions`), so that unshuffled results come back as
-    adjacent views that :meth:`~mepa.Allocation.reassemble` returns without a copy. When the
-    first allocation is shuffled, each worker also writes its result's rows to their original
-    positions in a second buffer (a :class:`~mepa._allocation.PlacedRows`), which
-    ``reassemble`` then returns: the scatter runs in the workers, not on the host.
-    """
-
-    def __init__(self, pool: SegmentPool, allocations: list[Allocation], threshold: int) -> None:
-        self.sources: dict[int, tuple[SharedArray, ...]] = {}
-        self._leases: list[Lease] = []
-        try:
-            for alloc in allocations:
-                if id(alloc) in self.sources:
-                    continue
-                handles = []
-                for array in alloc.arrays:
-                    handle = pool.lookup(array)
-                    if handle is None:
-                        handle = pool.share(array)
-                    assert handle.lease is not None
-                    self._leases.append(handle.lease)
-                    handles.append(handle)
-                self.sources[id(alloc)] = tuple(handles)
-        except BaseException:
-            self._release()
-            raise
-        first = allocations[0]
-        template = first.arrays[0]
-        row_bytes = template.dtype.itemsize * int(np.prod(template.shape[1:], dtype=np.int64))
-        self._output: OutputBuffer | None = None
-        self._regions: list[SegmentRef | None] = [None] * len(first)
-        self._placements: list[_PlaceRows | None] = [None] * len(first)
-        total = first.n * row_bytes
-        if row_bytes and total >= threshold and template.dtype != object:
-            self._output = OutputBuffer(pool.lease(total))
-            for i, (offset, size) in enumerate(zip(first.offsets, first.sizes, strict=True)):
-                self._regions[i] = self._output.region(offset * row_bytes, size * row_bytes)
-            if first.shuffled:
-                self._plan_placement(pool, first, total, row_bytes)
-
-    def _plan_placement(
-        self, pool: SegmentPool, alloc: Allocation, total: int, row_bytes: int
-    ) -> None:
-        assert self._output is not None
-        ordered = OutputBuffer(pool.lease(total))
-        placed = PlacedRows(alloc, ordered.owner)
-        # The results gather returns are views of a read-only buffer: they cannot be made
-        # writeable again, so the ordered copy cannot go stale behind reassemble's back.
-        writable: Any = self._output.owner
-        self._output.owner = np.frombuffer(memoryview(writable).toreadonly(), np.uint8)
-        placed.watch(self._output.owner)
-        token = uuid.uuid4().hex
-        _PLACEMENTS[token] = placed
-        target = ordered.region(0, total)
-        for i in range(len(alloc)):
-            self._placements[i] = _PlaceRows(target, alloc.selection(i), row_bytes, token, i)
-
-    def hint(self, i: int) -> _ChunkHint:
-        return _ChunkHint(self._output, self._regions[i], self._placements[i])
-
-    def finish(self, futures: Sequence[concurrent.futures.Future[Any]]) -> None:
-        self._output = None  # the futures' hints keep it alive while needed
-        if not futures:
-            self._release()
-            return
-        remaining = [len(futures)]
-        lock = threading.Lock()
-
-        def done(_: concurrent.futures.Future[Any]) -> None:
-            with lock:
-                remaining[0] -= 1
-                last = remaining[0] == 0
-            if last:
-                self._release()
-
-        for future in futures:
-            future.add_done_callback(done)
-
-    def _release(self) -> None:
-        leases, self._leases = self._leases, []
-        for lease in leases:
-            lease.release()
-
-
-class _SharedChunk(LazyChunk):
-    """A chunk to take, in the worker, from allocation data in shared memory."""
-
-    __slots__ = ("many", "selection", "sources")
-
-    def __init__(
-        self, sources: tuple[SharedArray, ...], selection: ChunkSelection, many: bool
-    ) -> None:
-        self.sources = sources
-        self.selection = selection
-        self.many = many
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_SharedChunk, (self.sources, self.selection, self.many))
-
-    def resolve(self) -> Any:
-        pieces = tuple(self.selection.take(source.open()) for source in self.sources)
-        return pieces if self.many else pieces[0]
-
-
-# Ordered copies waiting for the results of their tasks, by token (see _Placed).
-_PLACEMENTS: weakref.WeakValueDictionary[str, PlacedRows] = weakref.WeakValueDictionary()
-
-
-class _PlaceRows:
-    """In the worker: write a chunk's result's rows to their original positions.
-
-    The result must have one row per input row and the row size the plan sized the ordered
-    copy for; anything else is returned as it is (``reassemble`` then scatters on the host).
-    """
-
-    __slots__ = ("chunk", "row_bytes", "selection", "target", "token")
-
-    def __init__(
-        self, target: SegmentRef, selection: ChunkSelection, row_bytes: int, token: str, chunk: int
-    ) -> None:
-        self.target = target
-        self.selection = selection
-        self.row_bytes = row_bytes
-        self.token = token
-        self.chunk = chunk
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (
-            _PlaceRows,
-            (self.target, self.selection, self.row_bytes, self.token, self.chunk),
-        )
-
-    def place(self, result: Any) -> Any:
-        """Write ``result``'s rows in place if it fits; return what the host should receive."""
-        if (
-            type(result) is not np.ndarray
-            or result.ndim == 0
-            or result.dtype.hasobject
-            or len(result) != self.selection.size
-            or result.dtype.itemsize * int(np.prod(result.shape[1:], dtype=np.int64))
-            != self.row_bytes
-        ):
-            return result
-        n = self.selection.n
-        buffer = open_region(self.target)
-        rows = buffer[: n * self.row_bytes].view(result.dtype).reshape((n, *result.shape[1:]))
-        self.selection.put(rows, result)
-        return _Placed(result, self.token, self.chunk)
-
-
-class _Placing:
-    """The callable a worker runs for a chunk whose rows it also puts back in place."""
-
-    __slots__ = ("fn", "placement")
-
-    def __init__(self, fn: Callable[..., Any], placement: _PlaceRows) -> None:
-        self.fn = fn
-        self.placement = placement
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_Placing, (self.fn, self.placement))
-
-    def prepare(
-        self, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
-        """As :meth:`ChunkCall.prepare`, the rows still put in place after the call."""
-        prepare = getattr(self.fn, "prepare", None)
-        if prepare is None:
-            return self, args, kwargs
-        fn, args, kwargs = prepare(args, kwargs)
-        return _Placing(fn, self.placement), args, kwargs
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.placement.place(self.fn(*args, **kwargs))
-
-
-class _Placed:
-    """A result whose rows the worker wrote to the ordered copy; unpickles to the array."""
-
-    __slots__ = ("array", "chunk", "token")
-
-    #: Where the result array is, for a worker whose result may already be in its slot.
-    result_field = "array"
-
-    def __init__(self, array: Any, token: str, chunk: int) -> None:
-        self.array = array
-        self.token = token
-        self.chunk = chunk
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_mark_placed, (self.array, self.token, self.chunk))
-
-
-def _mark_placed(array: Any, token: str, chunk: int) -> Any:
-    """On the host: tell the ordered copy that chunk ``chunk`` is in; return the result."""
-    placed = _PLACEMENTS.get(token)
-    if placed is not None and isinstance(array, np.ndarray):
-        placed.mark(chunk, array)
-    return array
-
-
-def _shareable(alloc: Allocation) -> bool:
-    """Whether the workers can take ``alloc``'s chunks from a copy of it in shared memory.
-
-    Arrays of Python objects (``object`` dtype, strings of NumPy's ``StringDType``) cannot
-    live there, and masked arrays would lose their mask: their chunks are pickled instead.
-    """
-    return all(
-        type(array) is np.ndarray and not array.dtype.hasobject for array in alloc.arrays
-    )
 
 
 def _first_exit_code(text: str) -> int | None:
