@@ -20,7 +20,7 @@ import mepa
 from mepa import AllocationError, ExecutorShutdownError, Worker, WorkerSpecError
 from mepa._executors import BACKENDS
 
-from .executors import EXECUTOR_KINDS, make_executor
+from .executors import EXECUTOR_KINDS, TEST_CLUSTERS, make_executor
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -777,26 +777,28 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_script(kind, tmp_path, body):
-    """Run ``body`` in a new interpreter where ``build()`` makes an executor of ``kind``."""
-    address = None
-    if kind == "dask":
-        from .dask_cluster import shared_cluster
+    """Run ``body`` in a new interpreter where ``build()`` makes an executor of ``kind``.
 
-        address = shared_cluster(2).address
+    Backends with a test cluster (Dask, Ray) connect to the session's: the script starts no
+    cluster processes of its own.
+    """
+    cluster = TEST_CLUSTERS.get(kind)
+    address = None if cluster is None else cluster[0](2)
     head = textwrap.dedent(
         f"""
         import sys
         sys.path.insert(0, {REPO!r})
         import mepa
+        from mepa._executors import BACKENDS
 
         KIND = {kind!r}
+        REMOTE = BACKENDS[KIND].remote
 
         def build():
-            if KIND == "dask":
-                return mepa.DaskExecutor({address!r})
-            from mepa._executors import BACKENDS
-
-            return BACKENDS[KIND].create(2)
+            if {address!r} is None:
+                return BACKENDS[KIND].create(2)
+            n_workers = None if KIND == "dask" else 2
+            return BACKENDS[KIND].load()({address!r}, n_workers=n_workers)
         """
     )
     script = tmp_path / "script.py"
@@ -817,7 +819,7 @@ early = build()
 
 def at_exit():
     makers = [("early", lambda: early)]
-    if KIND != "dask":
+    if not REMOTE:
         makers.append(("late", build))
     for name, make in makers:
         ex = make()

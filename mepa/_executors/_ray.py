@@ -6,45 +6,64 @@
     ─────────────────                                   ──────────────────────────────
     submit(fn, *args)
       big arrays, scatter()ed data ─▶ ray.put ─▶ object store ─┐
-      actor.run.remote(fn, args with slots, *object refs) ─────┴─▶ slots filled (zero copy)
+      BridgeFuture queued on the host (pinned: its worker's     │
+      queue; others: the shared one); cancel() here is final    │
+      call thread, when the worker's actor is idle:             │
+        bridge running; actor.run.remote(fn, args, *refs) ─────┴─▶ slots filled (zero copy)
                                                                run_task(fn) → ("ok", value)
                                                                or ("error", exc, traceback)
-      ObjectRef.future() ─▶ BridgeFuture ◀──────────────────────── value via object store
+      ObjectRef.future() ─▶ call thread ─▶ BridgeFuture ◀───────── value via object store
       ctx.fire ─────────────────────────────────────────────── batch ─▶ ray.util.queue.Queue
       poller thread: Queue.get ─▶ hub.deliver_bytes ─▶ dispatcher ─▶ callbacks, progress
       future completes after the task's events are dispatched
 
-Each mepa worker is a Ray actor (one CPU, one process): a task pinned to a worker
-(``submit_to``, ``distribute``) runs in that actor, others go to the actor with the fewest
-tasks in flight. A worker that dies (``os._exit``, a signal, the out-of-memory killer) fails
-its tasks with :class:`~mepa.WorkerCrashedError` and is replaced on the next call.
+Each mepa worker is a Ray actor (one CPU, one process) running one task at a time. Tasks wait
+on the host until a worker is free, as in :class:`concurrent.futures.ProcessPoolExecutor`: a
+task pinned to a worker (``submit_to``, ``distribute``) waits for that worker, the others
+for any. So a task is running (``future.running()``) exactly while Ray has it, and one still
+queued on the host is cancelled for sure. A worker that dies (``os._exit``, a signal, the
+out-of-memory killer) fails the task it was running with :class:`~mepa.WorkerCrashedError`
+and is replaced before the next one.
 
 Ray is optional (``pip install 'mepa[ray]'``) and imported only when an executor is made.
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
+import functools
+import ipaddress
+import itertools
 import os
+import secrets
 import shutil
 import sys
 import tempfile
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, cast
 
 import numpy as np
 
-from .._errors import COMMON_ERRORS, ClusterSpecError, ErrorMap, ErrorRule, TaskPlace
+from .._errors import (
+    COMMON_ERRORS,
+    ClusterSpecError,
+    ErrorMap,
+    ErrorRule,
+    ExecutorShutdownError,
+    TaskPlace,
+)
 from .._errors import WorkerCrashedError as _Crash
-from .._events import Channel, EventHub, Transport
+from .._events._hub import EventHub
+from .._events._sender import Channel, Transport
 from .._tree import tree_map
 from .._worker import Worker, make_workers, physical_cores
-from ._base import Executor
+from ._base import Executor, check_not_exiting
 from ._engine import Capabilities
-from ._futures import BridgeFuture, Task
+from ._futures import BridgeFuture
 
 __all__ = ["RayExecutor"]
 
@@ -66,15 +85,69 @@ def _import_ray() -> Any:
     return ray
 
 
-def _loopback_env() -> None:
-    """Make a Ray started from this process use 127.0.0.1 only (read when Ray is imported).
+def _ray_env() -> None:
+    """Settings a Ray started from this process reads from the environment (its processes too).
 
-    Ray otherwise replaces a loopback ``_node_ip_address`` with the machine's routable
-    address and binds its servers there.
+    No usage reporting; Ray's own default startup wait (30 s) fails on a loaded machine.
     """
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_raylet_start_wait_time_s", _STARTUP_WAIT_S)
+
+
+_INIT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _loopback_node() -> Iterator[None]:
+    """While Ray starts here, keep its node address the loopback one.
+
+    Ray replaces a loopback ``_node_ip_address`` with the machine's routable address (and
+    then binds its servers to all interfaces) unless ``ray_constants.ENABLE_RAY_CLUSTER``
+    is false. Ray sets that constant from ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` once, when
+    it is first imported, so the environment does not help once something imported Ray:
+    the constant itself is false while ``ray.init`` runs (the node keeps its address).
+    """
+    from ray._private import ray_constants
+
+    with _INIT_LOCK:
+        before = ray_constants.ENABLE_RAY_CLUSTER
+        ray_constants.ENABLE_RAY_CLUSTER = False
+        try:
+            yield
+        finally:
+            ray_constants.ENABLE_RAY_CLUSTER = before
+
+
+_saved_token_path: list[str | None] = []
+
+
+def _local_token(temp_dir: str) -> None:
+    """The token of a local Ray, in ``temp_dir``.
+
+    A new local Ray turns on Ray's token authentication and, with no token given, writes
+    one to ``~/.ray/auth_token``: outside the executor's directory. Here the token is a
+    file in ``temp_dir`` (readable by this user only) that ``RAY_AUTH_TOKEN_PATH`` names,
+    for this process and the Ray processes it starts; :func:`stop_local_ray` restores the
+    variable. A token or mode the user set (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``,
+    ``RAY_AUTH_MODE=disabled``) is used as it is.
+    """
+    if os.environ.get("RAY_AUTH_MODE", "token").lower() != "token" or any(
+        name in os.environ for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+    ):
+        return
+    path = os.path.join(temp_dir, "auth_token")
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
+        file.write(secrets.token_hex(32))
+    _saved_token_path.append(os.environ.get("RAY_AUTH_TOKEN_PATH"))
+    os.environ["RAY_AUTH_TOKEN_PATH"] = path
+    _forget_cached_token()
+
+
+def _forget_cached_token() -> None:
+    with contextlib.suppress(Exception):  # older Rays have no token authentication
+        from ray import _raylet
+
+        getattr(_raylet, "AuthenticationTokenLoader").instance().reset_cache()  # noqa: B009
 
 
 def start_local_ray(
@@ -82,22 +155,40 @@ def start_local_ray(
 ) -> str:
     """Start Ray in this process on 127.0.0.1, everything it writes under ``temp_dir``.
 
-    No dashboard, no usage reporting, logs kept in the session directory. Returns the
-    address other processes (or :class:`RayExecutor`) connect to.
+    No dashboard, no usage reporting, logs kept in the session directory, its token (see
+    :func:`_local_token`) too. Returns the address other processes (or
+    :class:`RayExecutor`) connect to; :func:`stop_local_ray` stops it.
     """
-    _loopback_env()
+    _ray_env()
     ray = _import_ray()
-    context = ray.init(
-        num_cpus=n_cpus,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        _temp_dir=temp_dir,
-        object_store_memory=object_store_memory,
-        configure_logging=False,
-        log_to_driver=False,
-        namespace="mepa",
-    )
+    _local_token(temp_dir)
+    with _loopback_node():
+        context = ray.init(
+            num_cpus=n_cpus,
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            _temp_dir=temp_dir,
+            object_store_memory=object_store_memory,
+            configure_logging=False,
+            log_to_driver=False,
+            namespace="mepa",
+        )
     return str(context.address_info["address"])
+
+
+def stop_local_ray(temp_dir: str | None) -> None:
+    """Stop the Ray :func:`start_local_ray` started; remove ``temp_dir``, restore the env."""
+    with contextlib.suppress(Exception):
+        _import_ray().shutdown()
+    if _saved_token_path:
+        before = _saved_token_path.pop()
+        if before is None:
+            os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+        else:
+            os.environ["RAY_AUTH_TOKEN_PATH"] = before
+        _forget_cached_token()
+    if temp_dir is not None:
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------- errors
@@ -119,6 +210,13 @@ def _crashed(exc: BaseException, task: TaskPlace) -> BaseException:
         "using too much memory. The executor starts a fresh worker on the next call.",
         chunk=task.chunk,
     )
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _gcs_address(ray: Any) -> str:
@@ -143,9 +241,11 @@ class RayExecutor(Executor):
 
     Notes
     -----
-    *Workers.* Each worker is an actor with one CPU; tasks pinned to a worker
-    (:meth:`submit_to`, :meth:`distribute`) run in its actor, one at a time. Unpinned tasks
-    go to the worker with the fewest tasks in flight.
+    *Workers.* Each worker is an actor with one CPU that runs one task at a time. Tasks wait
+    on the host until a worker is free: one pinned to a worker (:meth:`submit_to`,
+    :meth:`distribute`) for that worker, the others for any. A task is running
+    (``future.running()``) from when it is handed to its actor; cancelling a task that still
+    waits keeps it from running (``capabilities.cancels_queued``).
 
     *Data.* Arrays of at least :data:`PUT_BYTES`, and what :meth:`scatter` returns, travel
     through Ray's object store, once, and reach the task without a copy. Results come back
@@ -155,8 +255,8 @@ class RayExecutor(Executor):
     *Events.* Workers put batches of events on a :class:`ray.util.queue.Queue`; a thread of
     the executor takes them off and hands them to the dispatcher.
 
-    *Crashes.* A worker process that dies fails the tasks it was running (and those queued
-    on it) with :class:`~mepa.WorkerCrashedError`; the next task gets a fresh actor.
+    *Crashes.* A worker process that dies fails the task it was running with
+    :class:`~mepa.WorkerCrashedError`; its next task gets a fresh actor.
 
     Examples
     --------
@@ -165,9 +265,7 @@ class RayExecutor(Executor):
     1024
     """
 
-    capabilities = Capabilities(
-        pins_tasks=True, scatters=True, writable_results=False, cancels_queued=False
-    )
+    capabilities = Capabilities(pins_tasks=True, scatters=True, writable_results=False)
     errors = ErrorMap(ErrorRule(_worker_died, _crashed), COMMON_ERRORS)
 
     def __init__(
@@ -182,6 +280,7 @@ class RayExecutor(Executor):
                 f"address must be a Ray cluster address 'host:port' or None, got {address!r}; "
                 "pass None to start a local Ray"
             )
+        check_not_exiting()  # no Ray started (or connected) for an interpreter that exits
         self._temp_dir: str | None = None
         self._owns_ray = False
         ray = _import_ray() if address is not None or "ray" in sys.modules else None
@@ -192,21 +291,22 @@ class RayExecutor(Executor):
             )
         if address is None:
             workers = make_workers("ray", n_workers, physical_cores())
-            _loopback_env()
+            _ray_env()
             ray = _import_ray()
-            self._temp_dir = tempfile.mkdtemp(prefix="mepa-ray-")
+            temp_dir = tempfile.mkdtemp(prefix="mepa-ray-")
             try:
-                start_local_ray(len(workers), self._temp_dir, object_store_memory)
+                start_local_ray(len(workers), temp_dir, object_store_memory)
             except BaseException:
-                self._release_ray()
+                stop_local_ray(temp_dir)  # also a Ray that failed halfway
                 raise
-            self._owns_ray = True
+            self._temp_dir = temp_dir
         else:
             assert ray is not None
             if object_store_memory is not None:
-                raise TypeError(
+                raise ClusterSpecError(
                     "object_store_memory only sizes a local Ray (address=None), got "
-                    f"address={address!r}; size the cluster's object store where it starts"
+                    f"object_store_memory={object_store_memory!r} with address={address!r}; "
+                    "size the cluster's object store where it starts"
                 )
             if ray.is_initialized():
                 connected = _gcs_address(ray)
@@ -216,41 +316,26 @@ class RayExecutor(Executor):
                         f"address={address!r}; a process talks to one Ray cluster at a time"
                     )
             else:
-                ray.init(address=address, configure_logging=False, log_to_driver=False)
+                # Ray would swap a loopback host for this machine's routable address, where
+                # a loopback-only cluster (such as another RayExecutor()'s) does not listen.
+                local = _is_loopback(address.rpartition(":")[0])
+                with _loopback_node() if local else contextlib.nullcontext():
+                    ray.init(address=address, configure_logging=False, log_to_driver=False)
                 self._owns_ray = True
             try:
                 cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
                 workers = make_workers("ray", n_workers, cpus)
             except BaseException:
-                self._release_ray()
+                if self._owns_ray:
+                    ray.shutdown()
                 raise
         super().__init__(workers)
         self._ray = ray
-        self._actor_lock = threading.Lock()
-        self._actors: list[Any] = [None] * len(workers)
-        self._in_flight = [0] * len(workers)
+        self._calls = _Calls(ray, len(workers))
+        self._hold("calls", self._calls.close)
+        if self._temp_dir is not None:  # dropped without shutdown(): its own Ray stops too
+            self._hold("ray", functools.partial(stop_local_ray, self._temp_dir))
         self._poller: _QueuePoller | None = None
-
-    # ------------------------------------------------------------------ workers
-
-    def _actor(self, index: int) -> Any:
-        """Worker ``index``'s actor, started on first use and after a crash."""
-        with self._actor_lock:
-            actor = self._actors[index]
-            if actor is None:
-                remote = self._ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)
-                actor = remote(_Runner).remote()
-                self._actors[index] = actor
-            return actor
-
-    def _choose(self, worker: Worker | None) -> int:
-        with self._actor_lock:
-            if worker is not None:
-                index = self._workers.index(worker)
-            else:
-                index = min(range(len(self._in_flight)), key=self._in_flight.__getitem__)
-            self._in_flight[index] += 1
-            return index
 
     def scatter(self, data: R) -> R:
         """Put ``data`` in Ray's object store once; pass the result to tasks in its place.
@@ -266,23 +351,11 @@ class RayExecutor(Executor):
 
     # ------------------------------------------------------------------ engine
 
-    def _prepare_call(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], task: Task
-    ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
-        fn, args, kwargs = super()._prepare_call(fn, args, kwargs, task)
-        index = self._choose(task.worker)
-        task.data = index  # the worker the task runs on, until it finished
-        return _OnWorker(index, fn), args, kwargs
-
     def _engine_submit(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
         worker: Worker | None,
     ) -> concurrent.futures.Future[Any]:
         ray = self._ray
-        if isinstance(fn, _OnWorker):
-            index, fn = fn.index, fn.fn
-        else:  # not prepared by this executor: count it here
-            index = self._choose(worker)
         refs: list[Any] = []
 
         def to_slot(leaf: Any) -> Any:
@@ -294,52 +367,29 @@ class RayExecutor(Executor):
                 return _Slot(len(refs) - 1)
             return leaf
 
-        call_args = tree_map(to_slot, args)
-        call_kwargs = tree_map(to_slot, kwargs)
-        ref = self._actor(index).run.remote(fn, call_args, call_kwargs, *refs)
-        bridge = _RayBridge(lambda: ray.cancel(ref))
-        ref.future().add_done_callback(bridge.complete)
-        return bridge
-
-    def _task_finished(self, task: Task) -> None:
-        if isinstance(task.data, int):
-            self._done_with(task.data)
-
-    def _done_with(self, index: int) -> None:
-        with self._actor_lock:
-            self._in_flight[index] -= 1
-
-    def _translate_error(self, exc: BaseException, task: Task) -> BaseException:
-        error = super()._translate_error(exc, task)
-        if error is not exc and isinstance(error, _Crash) and isinstance(task.data, int):
-            with self._actor_lock:
-                dead, self._actors[task.data] = self._actors[task.data], None
-            if dead is not None:
-                with contextlib.suppress(Exception):
-                    self._ray.kill(dead)
-        return error
+        call = _Call(fn, tree_map(to_slot, args), tree_map(to_slot, kwargs), refs)
+        self._calls.submit(call, None if worker is None else self._workers.index(worker))
+        return call.bridge
 
     def _engine_shutdown(self, wait: bool) -> None:
         poller, self._poller = self._poller, None
         if poller is not None:
             poller.stop()
-        with self._actor_lock:
-            actors, self._actors = self._actors, [None] * len(self._actors)
-        for actor in actors:
-            if actor is not None:
-                with contextlib.suppress(Exception):
-                    self._ray.kill(actor)
+        self._calls.close()
+        self._hold("calls", None)
         self._release_ray()
 
     def _release_ray(self) -> None:
         """Disconnect (and stop a local Ray) if the executor connected; remove its files."""
-        if self._owns_ray:
+        temp_dir, self._temp_dir = self._temp_dir, None
+        if temp_dir is not None:
+            self._owns_ray = False
+            self._hold("ray", None)
+            stop_local_ray(temp_dir)
+        elif self._owns_ray:
             self._owns_ray = False
             with contextlib.suppress(Exception):
                 _import_ray().shutdown()
-        temp_dir, self._temp_dir = self._temp_dir, None
-        if temp_dir is not None:
-            shutil.rmtree(temp_dir, ignore_errors=True)
 
     # ------------------------------------------------------------------ events
 
@@ -354,6 +404,188 @@ class RayExecutor(Executor):
         state = "shut down" if self._is_shutdown else "running"
         where = "local Ray" if self._temp_dir is not None else "Ray cluster"
         return f"<RayExecutor {state}, {len(self._workers)} workers, {where}>"
+
+
+# ---------------------------------------------------------------------- on the host
+
+
+class _Call:
+    """One task on its way to an actor: the call, the object refs it reads, its future."""
+
+    __slots__ = ("args", "bridge", "fn", "kwargs", "refs")
+
+    def __init__(
+        self, fn: Callable[..., Any], args: Any, kwargs: Any, refs: list[Any]
+    ) -> None:
+        self.fn, self.args, self.kwargs, self.refs = fn, args, kwargs, refs
+        self.bridge = _RayBridge()
+
+
+class _Calls:
+    """The host's queues of tasks and the thread that hands them to idle actors.
+
+    One actor per worker, started on first use and after it died, runs one task at a time.
+    Tasks wait here: those pinned to a worker in that worker's queue, the others in a shared
+    one (a free worker takes its own first). A task leaves its queue only if its future was
+    not cancelled, and is then running. Every Ray call (starting an actor, ``run.remote``,
+    killing a dead actor) and every completion happens in the one thread of this object,
+    never in Ray's own callback thread, and never while a lock is held.
+
+    Parameters
+    ----------
+    ray
+        The ``ray`` module, connected.
+    n_workers
+        How many actors (workers).
+    """
+
+    def __init__(self, ray: Any, n_workers: int) -> None:
+        self._ray = ray
+        self._actors: list[Any] = [None] * n_workers
+        self._running: list[_Call | None] = [None] * n_workers  # the call each actor has
+        self._pinned: list[collections.deque[_Call]] = [
+            collections.deque() for _ in range(n_workers)
+        ]
+        self._shared: collections.deque[_Call] = collections.deque()
+        self._returns: collections.deque[tuple[int, _Call, Any]] = collections.deque()
+        self._wake = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="mepa-ray-calls", daemon=True)
+        self._thread.start()
+
+    def submit(self, call: _Call, index: int | None) -> None:
+        """Queue ``call`` for worker ``index`` (``None``: any worker)."""
+        with self._wake:
+            if self._closed:
+                raise ExecutorShutdownError("cannot schedule new futures after shutdown")
+            (self._shared if index is None else self._pinned[index]).append(call)
+            self._wake.notify()
+
+    def close(self) -> None:
+        """Stop the thread and the actors; fail the calls still queued (none after a wait)."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        if self._thread is not threading.current_thread():
+            self._thread.join(30)
+
+    # ------------------------------------------------------------------ the thread
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not (self._closed or self._returns or self._startable()):
+                    self._wake.wait()
+                closed = self._closed
+                returns, self._returns = self._returns, collections.deque()
+                starts = [] if closed else self._take_startable()
+            for index, call, outcome in returns:
+                self._returned(index, call, outcome)
+            for index, call in starts:
+                self._start(index, call)
+            if closed:
+                break
+        self._stop()
+
+    def _startable(self) -> bool:
+        return any(
+            call is None and (self._pinned[index] or self._shared)
+            for index, call in enumerate(self._running)
+        )
+
+    def _take_startable(self) -> list[tuple[int, _Call]]:
+        """The next call of each idle worker (its own queue first), marked running."""
+        starts = []
+        for index, running in enumerate(self._running):
+            if running is not None:
+                continue
+            for queue in (self._pinned[index], self._shared):
+                call = _next_live(queue)
+                if call is not None:
+                    self._running[index] = call
+                    starts.append((index, call))
+                    break
+        return starts
+
+    def _start(self, index: int, call: _Call) -> None:
+        try:
+            actor = self._actors[index]
+            if actor is None:
+                remote = self._ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)
+                actor = self._actors[index] = remote(_Runner).remote()
+            ref = actor.run.remote(call.fn, call.args, call.kwargs, *call.refs)
+            ref.future().add_done_callback(functools.partial(self._on_return, index, call))
+        except Exception as exc:  # noqa: BLE001 - Ray refused the call: the task's error
+            self._returned(index, call, exc)
+
+    def _on_return(
+        self, index: int, call: _Call, outcome: concurrent.futures.Future[Any]
+    ) -> None:
+        """Ray's callback thread: hand the outcome to this object's thread."""
+        with self._wake:
+            self._returns.append((index, call, outcome))
+            self._wake.notify()
+
+    def _returned(self, index: int, call: _Call, outcome: Any) -> None:
+        """The actor is done with ``call``: free it (replace it if it died), complete."""
+        try:
+            error = outcome if isinstance(outcome, BaseException) else outcome.exception()
+            if error is not None and _worker_died(error):
+                dead, self._actors[index] = self._actors[index], None
+                if dead is not None:
+                    with contextlib.suppress(Exception):
+                        self._ray.kill(dead)
+            with self._wake:
+                self._running[index] = None
+            if error is not None:
+                call.bridge.reject(error)
+            else:
+                call.bridge.complete(outcome.result())
+        except Exception as exc:  # noqa: BLE001 - never leave the task's future pending
+            call.bridge.reject(exc)
+
+    def _stop(self) -> None:
+        """Fail what is left (after ``shutdown()``, nothing; after a drop, maybe), stop actors."""
+        with self._wake:
+            queued = [*self._shared, *itertools.chain.from_iterable(self._pinned)]
+            self._shared.clear()
+            for queue in self._pinned:
+                queue.clear()
+            running = [call for call in self._running if call is not None]
+        for call in queued:
+            if call.bridge.set_running_or_notify_cancel():
+                call.bridge.reject(
+                    ExecutorShutdownError("the executor shut down before the task started")
+                )
+        for call in running:  # its actor is stopped below: the task cannot complete
+            call.bridge.reject(
+                ExecutorShutdownError("the executor shut down while the task ran; it was stopped")
+            )
+        actors, self._actors = self._actors, [None] * len(self._actors)
+        for actor in actors:
+            if actor is not None:
+                with contextlib.suppress(Exception):
+                    self._ray.kill(actor)
+
+
+def _next_live(queue: collections.deque[_Call]) -> _Call | None:
+    """The first call in ``queue`` whose future was not cancelled, now running."""
+    while queue:
+        call = queue.popleft()
+        if call.bridge.set_running_or_notify_cancel():
+            return call
+    return None
+
+
+class _RayBridge(BridgeFuture):
+    """The stdlib future of one task, running from when its actor call is made."""
+
+    def complete(self, reply: tuple[Any, ...]) -> None:
+        """The actor's reply: ``("ok", value)`` or ``("error", exc, traceback text)``."""
+        if reply[0] == "ok":
+            self.resolve(reply[1])
+        else:
+            self.reject(reply[1], reply[2])
 
 
 # ---------------------------------------------------------------------- on the workers
@@ -390,42 +622,7 @@ class _Runner:
             return ("error", sendable_exception(exc), text)
 
 
-# ---------------------------------------------------------------------- on the host
-
-
-class _OnWorker:
-    """A prepared call and the worker chosen for it, from ``_prepare_call`` to the engine."""
-
-    __slots__ = ("fn", "index")
-
-    def __init__(self, index: int, fn: Callable[..., Any]) -> None:
-        self.index = index
-        self.fn = fn
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.fn(*args, **kwargs)
-
-
-class _RayBridge(BridgeFuture):
-    """The stdlib future of one actor call."""
-
-    def complete(self, outcome: concurrent.futures.Future[Any]) -> None:
-        """Move the actor call's outcome here (in Ray's callback thread)."""
-        try:
-            reply = outcome.result()
-        except concurrent.futures.CancelledError:
-            self.remote_cancelled()
-            return
-        except Exception as exc:  # noqa: BLE001 - a dead actor, a lost object: the task fails
-            if type(exc).__name__ == "TaskCancelledError":
-                self.remote_cancelled()
-            else:
-                self.reject(exc)
-            return
-        if reply[0] == "ok":
-            self.resolve(reply[1])
-        else:
-            self.reject(reply[1], reply[2])
+# ---------------------------------------------------------------------- events
 
 
 class RayQueueChannel(Channel):
