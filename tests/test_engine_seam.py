@@ -186,3 +186,53 @@ def test_bridge_future_forwards_cancel_and_settles_once():
     assert isinstance(error.__cause__, RemoteTraceback)
     assert "most recent call last" in str(error.__cause__)
     assert not failing.cancel()
+
+
+# ------------------------------------------------------------- a task the engine forgot
+
+
+def lost_task():
+    return "never runs"
+
+
+class _Forgetful(mepa.ThreadExecutor):
+    """Its engine loses the tasks of :func:`lost_task`: their engine futures never complete.
+
+    What an adapter does when it drops a task (a remote future it stopped tracking, a
+    callback it never registers): the base class cannot tell from the future itself.
+    """
+
+    def _engine_submit(self, fn, args, kwargs, worker):
+        import concurrent.futures
+
+        if lost_task in args:
+            return concurrent.futures.Future()  # pending forever, never running
+        return super()._engine_submit(fn, args, kwargs, worker)
+
+
+def test_shutdown_fails_a_task_the_engine_forgot_instead_of_waiting_forever(monkeypatch):
+    import mepa._executors._base as base
+
+    monkeypatch.setattr(base, "STALLED_SECONDS", 0.5)
+    executor = _Forgetful(2)
+    lost = executor.submit(lost_task)
+    kept = executor.submit(operator.add, 2, 3)
+    assert shutdown_returns(executor)
+    assert kept.result(timeout=0) == 5
+    with pytest.raises(mepa.BrokenExecutor, match="never finished the task") as info:
+        lost.result(timeout=0)
+    assert f"task on {lost.describe()}" in str(info.value)
+
+
+def test_shutdown_still_waits_for_a_task_that_runs_longer_than_the_bound(monkeypatch):
+    import time
+
+    import mepa._executors._base as base
+
+    monkeypatch.setattr(base, "STALLED_SECONDS", 0.2)
+    executor = mepa.ThreadExecutor(1)
+    slow = executor.submit(time.sleep, 1.0)  # runs: never taken for forgotten
+    queued = executor.submit(operator.add, 2, 3)  # waits behind it, pending, not running
+    assert shutdown_returns(executor)
+    assert slow.result(timeout=0) is None
+    assert queued.result(timeout=0) == 5

@@ -74,7 +74,7 @@ from .._tree import flatten, iter_leaves, tree_map, unflatten
 from .._types import check_callable, check_timeout, parse_dtype, parse_shape
 from .._worker import Worker
 from ._engine import Capabilities
-from ._futures import Task, TaskFuture, add_task_note
+from ._futures import BridgeFuture, Task, TaskFuture, add_task_note
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -846,6 +846,9 @@ class Executor(ABC):
             cluster connection) and the event dispatcher are released. ``False`` returns at
             once; they are released in the background when the last task is done (the
             interpreter waits for that before it exits).
+            A task the engine lost (it reports it neither running nor done for
+            :data:`STALLED_SECONDS` while no task of the executor runs or finishes) fails
+            with :class:`~mepa.BrokenExecutor` rather than holding the wait forever.
         cancel_futures
             Cancel the tasks that have not started; running tasks are never interrupted.
         """
@@ -874,7 +877,8 @@ class Executor(ABC):
 
     def _release(self, pending: list[TaskFuture[Any]]) -> None:
         """Wait until the engine is done with ``pending``, then release everything."""
-        _wait_for_engine(pending)
+        for future in _wait_for_engine(pending):
+            _set_exception(future, _never_finished(future))
         self._engine_shutdown(True)
         with self._lock:
             bars, self._progress_bars = self._progress_bars, []
@@ -1124,7 +1128,8 @@ class SubExecutor(Executor):
             for future in pending:
                 future.cancel()
         if wait:
-            _wait_for_engine(pending)
+            for future in _wait_for_engine(pending):
+                _set_exception(future, _never_finished(future))
 
 
 _EXITING = threading.Event()
@@ -1296,7 +1301,7 @@ def _note_hook(exc: BaseException, executor: Executor, hook: str, task: Task) ->
     return exc
 
 
-def _wait_for_engine(futures: Sequence[TaskFuture[Any]]) -> None:
+def _wait_for_engine(futures: Sequence[TaskFuture[Any]]) -> list[TaskFuture[Any]]:
     """Wait until the engine is done with every task of ``futures`` (``shutdown(wait=True)``).
 
     A task is done for the engine once its engine future finished and was settled; its own
@@ -1304,15 +1309,63 @@ def _wait_for_engine(futures: Sequence[TaskFuture[Any]]) -> None:
     :data:`EVENT_GRACE` seconds in all to arrive before the engine's channel closes (the hub's
     closing then completes those futures without them). A task not yet given to the engine
     (its arguments are futures) counts once it completes or reaches the engine.
+
+    Tasks are waited for as long as the engine works on them: as long as one of them runs
+    (its engine future says so) or finishes. Once for :data:`STALLED_SECONDS` none did, the
+    ones whose engine futures report neither running nor done are the engine's lost tasks:
+    they are returned, not waited for forever. (An engine future that cannot report running,
+    a :class:`~mepa._executors._futures.BridgeFuture` that does not override ``running``,
+    is always waited for.)
+
+    Returns
+    -------
+    list of TaskFuture
+        The futures of the tasks the engine forgot; empty when every task was settled.
     """
-    for future in futures:
-        future._task.settled.wait()
+    waiting = list(futures)
+    progress = time.monotonic()
+    while True:
+        left = [f for f in waiting if not f._task.settled.is_set()]
+        now = time.monotonic()
+        if len(left) < len(waiting) or any(_engine_busy(f._task) for f in left):
+            progress = now
+        waiting = left
+        if not waiting:
+            break
+        if now - progress >= STALLED_SECONDS:
+            return waiting
+        waiting[0]._task.settled.wait(min(0.5, STALLED_SECONDS / 4))
     concurrent.futures.wait(futures, timeout=EVENT_GRACE)
+    return []
+
+
+def _engine_busy(task: Task) -> bool:
+    """Whether the engine may still finish ``task``: it runs, settles, or cannot say."""
+    engine = task.engine
+    if engine is None or engine.done():  # not handed to the engine yet, or settling now
+        return True
+    if isinstance(engine, BridgeFuture) and type(engine).running is BridgeFuture.running:
+        return True  # a bridge that does not report running: no way to tell
+    return engine.running()
 
 
 EVENT_GRACE = 30.0
 """Seconds ``shutdown(wait=True)`` waits, after the engine finished every task, for events
 still in transit from workers (a channel that lost them cannot hold shutdown forever)."""
+
+STALLED_SECONDS = 60.0
+"""Seconds ``shutdown(wait=True)`` waits while none of the tasks it waits for runs or finishes;
+then the tasks the engine reports neither running nor done are failed as lost."""
+
+
+def _never_finished(future: TaskFuture[Any]) -> BrokenExecutor:
+    return BrokenExecutor(
+        f"the engine never finished the task on {future.describe()}: shutdown(wait=True) "
+        f"waited {STALLED_SECONDS:g} s in which the engine reported it neither running nor "
+        "done and no other task of the executor ran or finished, so the engine lost it (a "
+        "bug of the executor's engine adapter); the task is failed rather than waited for "
+        "forever"
+    )
 
 
 def _forgotten(future: TaskFuture[Any]) -> BrokenExecutor:
