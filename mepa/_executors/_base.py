@@ -1346,7 +1346,10 @@ def _engine_busy(task: Task) -> bool:
         return True
     if isinstance(engine, BridgeFuture) and type(engine).running is BridgeFuture.running:
         return True  # a bridge that does not report running: no way to tell
-    return engine.running()
+    try:
+        return engine.running()
+    except Exception:  # noqa: BLE001 - an engine that cannot answer (a lost cluster) may finish
+        return True
 
 
 EVENT_GRACE = 30.0
