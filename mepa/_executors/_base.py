@@ -1313,9 +1313,10 @@ def _wait_for_engine(futures: Sequence[TaskFuture[Any]]) -> list[TaskFuture[Any]
     Tasks are waited for as long as the engine works on them: as long as one of them runs
     (its engine future says so) or finishes. Once for :data:`STALLED_SECONDS` none did, the
     ones whose engine futures report neither running nor done are the engine's lost tasks:
-    they are returned, not waited for forever. (An engine future that cannot report running,
-    a :class:`~mepa._executors._futures.BridgeFuture` that does not override ``running``,
-    is always waited for.)
+    they are returned, not waited for forever. Only engine futures whose ``running`` is the
+    stdlib's (the engine marks them running when it starts them: thread pools, loky) can look
+    lost; bridge futures and futures that ask a cluster are always waited for (a task queued
+    on a busy cluster is legitimately not running).
 
     Returns
     -------
@@ -1344,12 +1345,15 @@ def _engine_busy(task: Task) -> bool:
     engine = task.engine
     if engine is None or engine.done():  # not handed to the engine yet, or settling now
         return True
-    if isinstance(engine, BridgeFuture) and type(engine).running is BridgeFuture.running:
-        return True  # a bridge that does not report running: no way to tell
-    try:
-        return engine.running()
-    except Exception:  # noqa: BLE001 - an engine that cannot answer (a lost cluster) may finish
+    if isinstance(engine, BridgeFuture) or type(engine).running is not _STDLIB_RUNNING:
+        # A bridge, or a future that asks a cluster: a task queued there behind other
+        # clients' work is legitimately not running. Only a future whose engine marks it
+        # running when it starts the task (the stdlib's pools, loky) can look lost.
         return True
+    return engine.running()
+
+
+_STDLIB_RUNNING = concurrent.futures.Future.running
 
 
 EVENT_GRACE = 30.0

@@ -104,12 +104,12 @@ class Engine(Protocol):
         """Start ``fn(*args, **kwargs)`` (on ``worker`` if the engine pins) and return its future.
 
         The future must complete (or be cancelled) once the engine is done with the task;
-        raising here fails the task (the engine refused it). Its ``running()`` must be true
-        while the task runs: ``shutdown(wait=True)`` takes a task whose future reports neither
-        running nor done, while no other task runs or finishes, for one the engine lost
-        (after ``STALLED_SECONDS``) and fails it. A bridge future that cannot tell is a
-        :class:`~mepa._executors._futures.BridgeFuture` that does not override ``running``:
-        it is always waited for.
+        raising here fails the task (the engine refused it). A plain stdlib future must be
+        marked running when the task starts (``set_running_or_notify_cancel``), as the
+        stdlib's pools and loky do: ``shutdown(wait=True)`` takes one that stays neither
+        running nor done, while no other task runs or finishes for ``STALLED_SECONDS``, for
+        a task the engine lost, and fails it. Bridge futures, and futures whose ``running``
+        asks a cluster, are always waited for.
         """
 
     def _engine_shutdown(self, wait: bool) -> None:
