@@ -5,6 +5,7 @@
 
     worker: BatchSender ─ Client(address, authkey) ─► hub.sock
     host:   accept thread ─► handshake thread (authkey, SO_RCVTIMEO) ─► reader thread
+            (stop() waits for handshakes whose client already proved the authkey)
             reader thread ─ recv_bytes ─► hub.deliver_bytes(bounded=True)
                                           (blocks while the hub's queue is full: the
                                            workers' sends block in turn)
@@ -117,6 +118,10 @@ class _UnixServer:
         self._draining = False  # the reader reads what is left and exits
         self._new: list[Connection] = []
         self._new_lock = threading.Lock()
+        # Handshakes whose client proved it knows the authkey but that have not handed their
+        # connection to the reader yet: that client may have sent its events already.
+        self._verified = 0
+        self._verified_done = threading.Condition(self._new_lock)
         self._wake_r, self._wake_w = Pipe(duplex=False)
         self._name = hub.hub_id[:8]
         self._acceptor = threading.Thread(
@@ -155,6 +160,25 @@ class _UnixServer:
     def _handshake(self, conn: Connection) -> None:
         try:
             deliver_challenge(conn, self._authkey)
+        except (OSError, EOFError, AuthenticationError) as exc:
+            self._refuse(conn, exc)
+            return
+        with self._new_lock:
+            self._verified += 1
+        try:
+            self._finish_handshake(conn)
+        finally:
+            with self._new_lock:
+                self._verified -= 1
+                self._verified_done.notify_all()
+
+    def _refuse(self, conn: Connection, exc: BaseException) -> None:
+        conn.close()
+        if not self._stopping:
+            logger.warning("refused a connection to the event hub: %s", exc)
+
+    def _finish_handshake(self, conn: Connection) -> None:
+        try:
             answer_challenge(conn, self._authkey)
             with socket.socket(fileno=conn.fileno()) as sock:
                 try:
@@ -162,9 +186,7 @@ class _UnixServer:
                 finally:
                     sock.detach()  # the connection keeps the descriptor
         except (OSError, EOFError, AuthenticationError) as exc:
-            conn.close()
-            if not self._stopping:
-                logger.warning("refused a connection to the event hub: %s", exc)
+            self._refuse(conn, exc)
             return
         with self._new_lock:
             accepted = not self._draining
@@ -219,6 +241,10 @@ class _UnixServer:
         with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as wake:
             wake.connect(self.channel.address)
         self._acceptor.join(bounded)
+        # A client whose side of the handshake is over may have sent events already: let its
+        # handshake hand the connection to the reader before the reader drains and stops.
+        with self._verified_done:
+            self._verified_done.wait_for(lambda: self._verified == 0, bounded)
         self._draining = True
         with contextlib.suppress(OSError):
             self._wake_w.send_bytes(b"")
