@@ -330,6 +330,35 @@ def test_close_dispatches_what_the_socket_already_holds():
         hub.close()
 
 
+def test_close_waits_for_a_handshake_in_progress_and_dispatches_its_events(monkeypatch):
+    # The client's side of the handshake ends before the hub's: a client may have sent its
+    # batch while the hub's handshake thread still finishes (slowly, on a loaded machine).
+    from mepa._events import _socket
+
+    real = _socket.answer_challenge
+
+    def slow_answer(conn, authkey):
+        real(conn, authkey)
+        threading.Event().wait(0.5)
+
+    monkeypatch.setattr(_socket, "answer_challenge", slow_answer)
+    hub = EventHub()
+    seen = []
+    hub.on("e", seen.append)
+    channel = hub.process_channel()
+    sender = channel.sender()
+    try:
+        for i in range(3):
+            sender.add("e", (i,), None)
+        sender.flush()
+        hub.close(timeout=10)
+        assert seen == [0, 1, 2]
+    finally:
+        _sender._SENDERS.pop(channel.key, None)
+        sender.close()
+        hub.close()
+
+
 def test_closed_hub_drops_events_and_refuses_registrations():
     hub = EventHub()
     seen = []
@@ -381,3 +410,64 @@ def test_registry_lists_while_other_threads_add():
     del alive, kept[:]
     assert registry.snapshot() == []
     assert not registry
+
+
+# -- backpressure of events fired in the hub's own process ----------------------------------
+
+
+def test_events_fired_on_threads_wait_for_a_slow_callback_and_none_is_lost(monkeypatch):
+    # Threads (ThreadExecutor, LinearExecutor, host code) put their events straight on the
+    # hub's queue: with a slow callback the queue must stay bounded (the firing threads
+    # wait), and every event must still arrive.
+    from mepa._events import _hub
+
+    limit = 500
+    monkeypatch.setattr(_hub, "MAX_LOCAL_EVENTS", limit)
+    per_thread, n_threads = 4000, 3
+    hub = EventHub()
+    seen: dict[int, list[int]] = defaultdict(list)
+    longest = [0]
+
+    def slow(tag, i):
+        longest[0] = max(longest[0], hub._queue.qsize())
+        if not i % 50:
+            threading.Event().wait(0.002)  # slow, and lets the firing threads run ahead
+        seen[tag].append(i)
+
+    ctx = hub.on("e", slow)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(n_threads) as threads:
+            done = [threads.submit(fire_range, ctx, t, per_thread) for t in range(n_threads)]
+            for future in done:
+                future.result(timeout=60)
+        assert hub.drain(timeout=60)
+    finally:
+        hub.close(timeout=10)
+    assert {tag: len(values) for tag, values in seen.items()} == dict.fromkeys(
+        range(n_threads), per_thread
+    )
+    assert all(values == list(range(per_thread)) for values in seen.values())
+    # each thread may put one event past the bound before it waits
+    assert longest[0] <= limit + n_threads
+
+
+def test_a_callback_that_fires_on_a_full_queue_does_not_deadlock(monkeypatch):
+    from mepa._events import _hub
+
+    monkeypatch.setattr(_hub, "MAX_LOCAL_EVENTS", 10)
+    hub = EventHub()
+    echoes: list[int] = []
+    echo = hub.on("echo", echoes.append)
+
+    def relay(i):
+        for _ in range(3):  # more than the queue's room, from the dispatcher thread
+            echo.fire(i)
+
+    ctx = hub.on("e", relay)
+    try:
+        for i in range(200):
+            ctx.fire(i)
+        assert hub.drain(timeout=30)
+    finally:
+        hub.close(timeout=10)
+    assert echoes == [i for i in range(200) for _ in range(3)]

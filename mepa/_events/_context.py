@@ -182,7 +182,7 @@ class EventContext:
         hub = _LOCAL_HUBS.get(self._hub_id)
         if hub is not None:
             hub._local_used = True
-            self._append = hub._queue.put
+            self._append = hub._put_local
         elif self._channel is not None:
             self._sender = self._channel.sender()
             self._buffer = self._sender.buffer

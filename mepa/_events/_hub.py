@@ -1,9 +1,10 @@
 """The hub: the host's end of events, its queue and its dispatcher thread.
 
 Everything reaches the dispatcher through one queue; a bound in bytes on what transports
-queue keeps slow callbacks from filling the host's memory::
+queue, and one in events on what this process's threads fire, keep slow callbacks from
+filling the host's memory::
 
-    local ctx.fire ────────────────────────┐
+    local ctx.fire ─ _put_local ───────────┐ (waits past MAX_LOCAL_EVENTS, not in callbacks)
     deliver(source, seq, events) ─ _admit ─┤ (waits while MAX_QUEUED_BYTES are queued)
     _mark() at task end ───────────────────┼──► queue ──► dispatcher thread
     drain() / close() ─────────────────────┘                 │ batches in seq order per source
@@ -18,7 +19,9 @@ import itertools
 import logging
 import pickle
 import threading
+import time
 import uuid
+import weakref
 from collections.abc import Callable, Hashable, Iterable
 from queue import SimpleQueue
 from typing import TYPE_CHECKING, Any
@@ -40,6 +43,7 @@ if TYPE_CHECKING:
 
 
 __all__ = [
+    "MAX_LOCAL_EVENTS",
     "MAX_QUEUED_BYTES",
     "EventHub",
 ]
@@ -52,6 +56,12 @@ MAX_QUEUED_BYTES = 64 << 20
 Beyond it the hub stops reading its sockets until slow callbacks catch up: the workers'
 sends then block, so a slow callback slows the tasks down instead of filling the host's
 memory."""
+MAX_LOCAL_EVENTS = 1 << 16
+"""Events fired in the hub's own process (threads, host code) waiting for the dispatcher, at most.
+
+Beyond it a firing thread waits until the callbacks caught up with half of them (never the
+dispatcher thread itself: a callback that fires goes on), so that a slow callback slows the
+threads that fire down instead of filling the host's memory."""
 
 _LOCAL_SOURCE = ""  # source id of a hub's own queue; its seq numbers are marks
 
@@ -132,6 +142,7 @@ class EventHub:
         self._close_hooks: list[Callable[[], object]] = []
         self._room = threading.Condition()  # bounds what transports queue (MAX_QUEUED_BYTES)
         self._queued_bytes = 0
+        self._put_local = _local_putter(self)  # what contexts fired in this process call
         _register_hub(self)
 
     def __repr__(self) -> str:
@@ -522,6 +533,17 @@ class EventHub:
             self._queue.put(_Control(_MARK, seq=seq))
         return (self.hub_id, _LOCAL_SOURCE, seq)
 
+    def _wait_for_room(self, limit: int) -> None:
+        """Wait while more than ``limit // 2`` items are queued (a thread fired too many)."""
+        dispatcher = self._dispatcher
+        if dispatcher is None or threading.current_thread() is dispatcher:
+            return  # nothing drains the queue, or a callback fires: waiting would deadlock
+        low = limit // 2
+        delay = 0.0005
+        while self._queue.qsize() > low and not self._stopped and dispatcher.is_alive():
+            time.sleep(delay)
+            delay = min(2 * delay, 0.01)
+
     def _dispatch_loop(self) -> None:
         get = self._queue.get
         dispatch = self._dispatch
@@ -636,3 +658,23 @@ def _call_logged(fn: Callable[[], object]) -> None:
     except Exception:
         logger.exception("%r raised", fn)
 
+
+def _local_putter(hub: EventHub) -> Callable[[_Event], None]:
+    """The function contexts fired in ``hub``'s process put their events with.
+
+    One put and one size check per event; the firing thread waits only past
+    :data:`MAX_LOCAL_EVENTS`. It holds the hub weakly: contexts keep it, not the hub alive.
+    """
+    put = hub._queue.put
+    qsize = hub._queue.qsize
+    limit = MAX_LOCAL_EVENTS
+    ref = weakref.ref(hub)
+
+    def put_local(item: _Event) -> None:
+        put(item)
+        if qsize() > limit:
+            owner = ref()
+            if owner is not None:
+                owner._wait_for_room(limit)
+
+    return put_local
