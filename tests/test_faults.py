@@ -492,14 +492,15 @@ def fire_big_events(ctx, n, done_path):
 def test_a_slow_callback_holds_the_workers_back_instead_of_filling_the_host():
     import tempfile
 
-    from mepa._events import MAX_QUEUED_BYTES
+    from mepa._events import FLUSH_EVENTS, MAX_QUEUED_BYTES
 
     n = 2 * MAX_QUEUED_BYTES // 8192  # twice what the host may hold
+    biggest_batch = FLUSH_EVENTS * (8192 + 256)  # encoded, with its pickle overhead
     release = threading.Event()
     seen: list[int] = []
 
     def slow(i, payload):
-        release.wait(60)
+        release.wait(120)
         seen.append(i)
 
     with tempfile.TemporaryDirectory() as scratch, mepa.ProcessExecutor(1) as executor:
@@ -507,12 +508,19 @@ def test_a_slow_callback_holds_the_workers_back_instead_of_filling_the_host():
         ctx = executor.register(slow)
         future = executor.submit(fire_big_events, ctx, n, done_path)
         try:
-            time.sleep(8.0)
             hub = executor._hub
             assert hub is not None
-            # the task is held back in its sends; the host holds about its bound, not all
-            assert not os.path.exists(done_path)
-            assert hub._queued_bytes <= MAX_QUEUED_BYTES + (4 << 20)
+            # Wait (however slow the machine) until the host holds its bound: from then on
+            # the worker, which fires twice that, can only be held back in its sends.
+            deadline = time.monotonic() + 120
+            while hub._queued_bytes <= MAX_QUEUED_BYTES - biggest_batch:
+                assert time.monotonic() < deadline, "the worker's events never filled the host"
+                assert not future.done(), future.exception()
+                time.sleep(0.05)
+            for _ in range(2):  # now, and once the worker had time to run ahead, were it able
+                assert hub._queued_bytes <= MAX_QUEUED_BYTES
+                assert not os.path.exists(done_path)
+                time.sleep(1.0)
         finally:
             release.set()
         assert executor.gather(future, timeout=300) == n

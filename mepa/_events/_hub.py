@@ -51,7 +51,8 @@ __all__ = [
 logger = logging.getLogger("mepa.events")
 
 MAX_QUEUED_BYTES = 64 << 20
-"""Encoded batches from worker processes waiting for the dispatcher, at most (about).
+"""Encoded batches from worker processes waiting for the dispatcher, at most (one batch
+larger than this is let through alone).
 
 Beyond it the hub stops reading its sockets until slow callbacks catch up: the workers'
 sends then block, so a slow callback slows the tasks down instead of filling the host's
@@ -394,7 +395,12 @@ class EventHub:
 
     def _admit(self, size: int) -> None:
         with self._room:
-            while self._queued_bytes > MAX_QUEUED_BYTES and not self._closed:
+            # Admit a batch only if it fits (or alone: one bigger than the bound goes through).
+            while (
+                self._queued_bytes
+                and self._queued_bytes + size > MAX_QUEUED_BYTES
+                and not self._closed
+            ):
                 self._room.wait(0.1)
             self._queued_bytes += size
 
