@@ -583,3 +583,37 @@ def test_shutdown_under_concurrent_submits_and_exit_print_nothing(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "done"
     assert proc.stderr == ""
+
+
+# ------------------------------------------------------------------ the worker's host watch
+
+
+def take_sigalrm(cancel_timer):
+    """A task that installs its own SIGALRM handler (as a timeout helper does) and leaves it."""
+    import signal
+
+    signal.signal(signal.SIGALRM, lambda signum, frame: None)
+    if cancel_timer:
+        signal.setitimer(signal.ITIMER_REAL, 0)  # signal.alarm(0) does the same
+    return os.getpid()
+
+
+def host_watch_state():
+    import signal
+
+    handler = signal.getsignal(signal.SIGALRM)
+    return os.getpid(), getattr(handler, "__qualname__", repr(handler)), signal.getitimer(
+        signal.ITIMER_REAL
+    )[1]
+
+
+@pytest.mark.parametrize("cancel_timer", [False, True])
+def test_the_host_watch_comes_back_after_a_task_took_sigalrm(cancel_timer):
+    from mepa._executors._process import HOST_CHECK_SECONDS
+
+    with mepa.ProcessExecutor(1) as executor:
+        _, watch, interval = executor.submit_and_gather(host_watch_state)
+        assert interval == HOST_CHECK_SECONDS
+        pid = executor.submit_and_gather(take_sigalrm, cancel_timer)
+        after = executor.submit_and_gather(host_watch_state)
+    assert after == (pid, watch, HOST_CHECK_SECONDS)

@@ -34,6 +34,7 @@ import signal
 import threading
 import weakref
 from collections.abc import Callable
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from .._allocation import Allocation
@@ -364,10 +365,26 @@ def _run_tracked(
             os.write(fd, str(number).encode())
         finally:
             os.close(fd)
-    return fn(*args, **kwargs)
+    watch = _WATCH[0]
+    if watch is None or signal.getsignal(signal.SIGALRM) is not watch:
+        return fn(*args, **kwargs)  # no watch, or the initializer took SIGALRM: leave it
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _rewatch(watch)
 
 
+def _rewatch(watch: _Handler) -> None:
+    """After a task: put the host watch back if the task took SIGALRM or stopped the timer."""
+    if signal.getsignal(signal.SIGALRM) is not watch:
+        signal.signal(signal.SIGALRM, watch)
+    if signal.getitimer(signal.ITIMER_REAL)[1] != HOST_CHECK_SECONDS:
+        signal.setitimer(signal.ITIMER_REAL, HOST_CHECK_SECONDS, HOST_CHECK_SECONDS)
+
+
+_Handler = Callable[[int, FrameType | None], Any]
 _WATCHED = [0]  # the host pid this worker process watches
+_WATCH: list[_Handler | None] = [None]  # its SIGALRM handler
 HOST_CHECK_SECONDS = 1.0
 """How often a worker process checks that its host still runs."""
 
@@ -380,6 +397,13 @@ def _watch_host(host: int) -> None:
     A host killed by SIGKILL or SIGTERM, or ended by ``os._exit``, runs no cleanup: its
     workers would otherwise finish (or never finish) their tasks and idle for a minute. The
     worker is then no longer the host's child: its parent pid changes.
+
+    The watch is a ``SIGALRM`` handler and an ``ITIMER_REAL`` timer (the one
+    :func:`signal.alarm` also sets). A task that installs its own ``SIGALRM`` handler, or sets
+    or cancels that timer, turns the watch off while it runs (and its own handler is called
+    every :data:`HOST_CHECK_SECONDS` until it sets the timer itself); when the task ends, the
+    watch is put back (:func:`_rewatch`). An initializer that installs a ``SIGALRM`` handler
+    keeps it: the worker then does not watch its host.
     """
     if _WATCHED[0] == host:
         return
@@ -387,7 +411,7 @@ def _watch_host(host: int) -> None:
     if os.getppid() != host:
         return  # not started by the host itself (a nested pool): nothing to watch reliably
 
-    def check(signum: int, frame: object) -> None:
+    def check(signum: int, frame: FrameType | None) -> None:
         if os.getppid() != host:
             os._exit(0)  # nobody is left to report to
 
@@ -395,10 +419,12 @@ def _watch_host(host: int) -> None:
     # (see _heap). The handler runs between bytecodes, also while the worker waits for work.
     signal.signal(signal.SIGALRM, check)
     signal.setitimer(signal.ITIMER_REAL, HOST_CHECK_SECONDS, HOST_CHECK_SECONDS)
+    _WATCH[0] = check
 
 
 def _after_fork_in_child() -> None:
-    _WATCHED[0] = 0  # a forked child runs no watch thread
+    _WATCHED[0] = 0  # a forked child has no timer (timers are not inherited)
+    _WATCH[0] = None
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
