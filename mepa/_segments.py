@@ -296,6 +296,19 @@ def _if_unlocked(path: str) -> Iterator[bool | None]:
         os.close(fd)
 
 
+# Prefixes of the pools of this process that are open: a prefix with this process's pid and
+# not in here belongs to a dead process whose pid this one reuses.
+_OWN_PREFIXES: set[str] = set()
+
+
+def _may_live(prefix: str) -> bool:
+    """Whether the host of a pool without a lock file may still run (by its pid)."""
+    pid = int(prefix.split("-")[1])
+    if pid == os.getpid():
+        return prefix in _OWN_PREFIXES
+    return _pid_alive(pid)
+
+
 def sweep_stale_segments() -> list[str]:
     """Unlink the segments of mepa hosts that no longer run (killed before they could clean up).
 
@@ -304,7 +317,9 @@ def sweep_stale_segments() -> list[str]:
     lock is free belongs to a dead host: its segments and lock file are unlinked. The pid in
     the name alone cannot tell: a host in another pid namespace that shares ``/dev/shm`` has a
     pid that means nothing here. Only segments without a lock file (of a host that died while
-    closing its pool) fall back to the pid. Run when a :class:`SegmentPool` is created.
+    closing its pool, or whose ``/dev/shm`` refused the lock) fall back to the pid; with this
+    process's own pid (pids are reused), those of no pool of this process are stale. Run when
+    a :class:`SegmentPool` is created.
 
     Returns
     -------
@@ -323,7 +338,7 @@ def sweep_stale_segments() -> list[str]:
     removed: list[str] = []
     for prefix, segments in pools.items():
         with _if_unlocked(_lock_path(prefix)) as free:
-            if free is False or (free is None and _pid_alive(int(prefix.split("-")[1]))):
+            if free is False or (free is None and _may_live(prefix)):
                 continue
             removed.extend(name for name in segments if unlink(name))
             if free:
@@ -623,6 +638,7 @@ class _PoolState:
         self.pending: collections.deque[_Segment] = collections.deque()
         self.closed = False
         self.created = 0
+        _OWN_PREFIXES.add(prefix)
         self.lock_fd = _hold_lock(prefix)  # tells sweeps of other hosts that this one lives
 
     # Called by Lease.release and by finalizers, from any thread, possibly while this thread
@@ -727,6 +743,7 @@ class _PoolState:
             unlink(name)
         fd, self.lock_fd = self.lock_fd, None
         _release_lock(self.prefix, fd)
+        _OWN_PREFIXES.discard(self.prefix)
 
 
 def _finalize_state(state: _PoolState) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import signal
@@ -232,6 +233,32 @@ def test_sweep_removes_segments_of_dead_hosts() -> None:
         f.write(b"x")
     assert name in sweep_stale_segments()
     assert not os.path.exists(os.path.join("/dev/shm", name))
+
+
+def test_sweep_removes_segments_a_dead_process_with_this_pid_left() -> None:
+    # Pids are reused (pid_max is often 32768): a host killed before it could take its
+    # pool's lock, or while closing it, leaves segments without a lock file under a pid that
+    # may now be this process's. This process knows its own pools: those are stale.
+    name = f"mepa-{os.getpid()}-{os.urandom(4).hex()}-h0"
+    with open(os.path.join("/dev/shm", name), "wb") as f:
+        f.write(b"x")
+    try:
+        assert name in sweep_stale_segments()
+        assert name not in list_segments()
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join("/dev/shm", name))
+
+
+def test_sweep_keeps_this_processs_own_pools_without_a_lock(pool: SegmentPool) -> None:
+    lease = pool.lease(BIG * 8)
+    fd, pool._state.lock_fd = pool._state.lock_fd, None  # as if /dev/shm refused the lock
+    from mepa._segments import _release_lock
+
+    _release_lock(pool.prefix, fd)
+    assert lease.name not in sweep_stale_segments()
+    assert lease.name in list_segments(pool.prefix)
+    lease.release()
 
 
 def test_segment_names_cannot_be_predicted(pool: SegmentPool) -> None:
