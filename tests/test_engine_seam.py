@@ -236,3 +236,58 @@ def test_shutdown_still_waits_for_a_task_that_runs_longer_than_the_bound(monkeyp
     assert shutdown_returns(executor)
     assert slow.result(timeout=0) is None
     assert queued.result(timeout=0) == 5
+
+
+# ------------------------------------------------- shutdown(wait=False), then the interpreter exits
+
+
+RELAYED_EXIT_SCRIPT = """
+import concurrent.futures, sys, time
+import mepa
+from mepa._executors._futures import BridgeFuture
+
+# An engine whose futures are completed from a callback run in another thread pool, as
+# distributed's client runs the callbacks of its futures: once the interpreter has shut
+# the thread pools down, such a future can no longer complete.
+RUN = concurrent.futures.ThreadPoolExecutor(2)
+RELAY = concurrent.futures.ThreadPoolExecutor(1)
+
+
+class Relayed(mepa.ThreadExecutor):
+    def _engine_submit(self, fn, args, kwargs, worker):
+        bridge = BridgeFuture()
+
+        def done(run):
+            RELAY.submit(bridge.resolve_from, run.result)
+
+        RUN.submit(fn, *args, **kwargs).add_done_callback(done)
+        return bridge
+
+
+def nap(x):
+    time.sleep(0.5)
+    return x
+
+
+if __name__ == "__main__":
+    executor = Relayed(2)
+    futures = [executor.submit(nap, i) for i in range(4)]
+    executor.shutdown(wait=False)
+    futures[-1].add_done_callback(lambda f: print("last", f.result(), flush=True))
+    print("main done", flush=True)
+"""
+
+
+def test_work_left_to_a_shutdown_without_wait_finishes_before_the_interpreter_exits(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "relayed.py"
+    script.write_text(RELAYED_EXIT_SCRIPT)
+    proc = subprocess.run(
+        [sys.executable, "-W", "error", str(script)],
+        check=False, capture_output=True, text=True, timeout=50, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:2] == ["main done", "last 3"]
+    assert proc.stderr == ""

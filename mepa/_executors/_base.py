@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import concurrent.futures.thread  # its exit hook must be registered before ours (below)
 import contextlib
 import functools
 import itertools
@@ -868,6 +869,7 @@ class Executor(ABC):
             self._releaser = releaser
             if not wait:
                 releaser.start()
+                _RELEASERS.add(releaser)
                 return
             self._release(pending)
         elif wait:
@@ -1133,15 +1135,22 @@ class SubExecutor(Executor):
 
 
 _EXITING = threading.Event()
+_RELEASERS: weakref.WeakSet[threading.Thread] = weakref.WeakSet()  # of shutdown(wait=False)
 
 
 def _interpreter_exiting() -> None:
     _EXITING.set()
+    # What shutdown(wait=False) left to finish, finishes now: engines may need the thread
+    # pools of concurrent.futures to complete their futures (distributed runs its futures'
+    # callbacks in one), and those refuse work once their own exit hook, next, has run.
+    for releaser in list(_RELEASERS):
+        releaser.join()
 
 
 # As concurrent.futures does: run when the interpreter starts to exit, before the atexit
 # hooks (and before non-daemon threads are joined), so that nothing submitted from then on
-# starts a worker pool the interpreter would have to wait for or leave behind.
+# starts a worker pool the interpreter would have to wait for or leave behind. Registered
+# after the hook of concurrent.futures' thread pools (imported first), so run before it.
 _register_atexit = getattr(threading, "_register_atexit", None)
 if _register_atexit is not None:
     _register_atexit(_interpreter_exiting)
