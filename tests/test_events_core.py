@@ -312,7 +312,8 @@ def test_unpicklable_event_is_reported_on_the_host(hub, caplog):
         sender.close()
 
 
-def test_close_dispatches_what_the_socket_already_holds():
+def events_seen_by_a_hub_closed_right_after_a_flush():
+    """Send three events from a (second process's) sender, close the hub at once: what arrived."""
     hub = EventHub()
     seen = []
     hub.on("e", seen.append)
@@ -323,11 +324,15 @@ def test_close_dispatches_what_the_socket_already_holds():
             sender.add("e", (i,), None)
         sender.flush()
         hub.close(timeout=10)
-        assert seen == [0, 1, 2]
+        return seen
     finally:
         _sender._SENDERS.pop(channel.key, None)
         sender.close()
         hub.close()
+
+
+def test_close_dispatches_what_the_socket_already_holds():
+    assert events_seen_by_a_hub_closed_right_after_a_flush() == [0, 1, 2]
 
 
 def test_close_waits_for_a_handshake_in_progress_and_dispatches_its_events(monkeypatch):
@@ -342,21 +347,7 @@ def test_close_waits_for_a_handshake_in_progress_and_dispatches_its_events(monke
         threading.Event().wait(0.5)
 
     monkeypatch.setattr(_socket, "answer_challenge", slow_answer)
-    hub = EventHub()
-    seen = []
-    hub.on("e", seen.append)
-    channel = hub.process_channel()
-    sender = channel.sender()
-    try:
-        for i in range(3):
-            sender.add("e", (i,), None)
-        sender.flush()
-        hub.close(timeout=10)
-        assert seen == [0, 1, 2]
-    finally:
-        _sender._SENDERS.pop(channel.key, None)
-        sender.close()
-        hub.close()
+    assert events_seen_by_a_hub_closed_right_after_a_flush() == [0, 1, 2]
 
 
 def test_closed_hub_drops_events_and_refuses_registrations():
