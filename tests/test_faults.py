@@ -617,3 +617,25 @@ def test_the_host_watch_comes_back_after_a_task_took_sigalrm(cancel_timer):
         pid = executor.submit_and_gather(take_sigalrm, cancel_timer)
         after = executor.submit_and_gather(host_watch_state)
     assert after == (pid, watch, HOST_CHECK_SECONDS)
+
+
+def test_a_worker_whose_host_died_before_its_watch_started_exits():
+    # On a loaded machine a worker may run its initializer after its host was killed: its
+    # parent is then no longer the host, and it must not take that for a pool it cannot watch.
+    import subprocess
+    import sys
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True, text=True, check=True,
+    )
+    code = (
+        "from mepa._executors._process import _watch_host\n"
+        f"_watch_host({int(dead.stdout)})\n"
+        "print('still running')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ""

@@ -409,6 +409,8 @@ def _watch_host(host: int) -> None:
         return
     _WATCHED[0] = host
     if os.getppid() != host:
+        if not _alive(host):
+            os._exit(0)  # the host died before this worker started its watch
         return  # not started by the host itself (a nested pool): nothing to watch reliably
 
     def check(signum: int, frame: FrameType | None) -> None:
@@ -420,6 +422,16 @@ def _watch_host(host: int) -> None:
     signal.signal(signal.SIGALRM, check)
     signal.setitimer(signal.ITIMER_REAL, HOST_CHECK_SECONDS, HOST_CHECK_SECONDS)
     _WATCH[0] = check
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # somebody else's process
+        return True
+    return True
 
 
 def _after_fork_in_child() -> None:
