@@ -211,7 +211,7 @@ def _run(
             future.cancel()
         raise
     finally:
-        bar.close()
+        bar.dispose()  # closed, and off the event hub: nothing else will update it
     return _join(alloc, results, reduce)
 
 
