@@ -512,14 +512,9 @@ def test_shutdown_without_wait_lets_running_and_queued_tasks_finish(kind, tmp_pa
 
 
 @pytest.mark.parametrize("wait", [True, False])
-def test_shutdown_cancel_futures_cancels_what_has_not_started(kind, tmp_path, wait, request):
+def test_shutdown_cancel_futures_cancels_what_has_not_started(kind, tmp_path, wait):
     if kind == "linear":
         pytest.skip(NOTHING_IN_FLIGHT)
-    if kind == "dask":
-        request.applymarker(pytest.mark.xfail(
-            reason="DaskExecutor.cancel() can return True for a task already queued on a "
-            "worker, which then runs anyway", strict=False,
-        ))
     if not BACKENDS[kind].capabilities.cancels_queued:
         pytest.skip(f"the {kind} backend may still run a task cancelled while queued")
     ex = make_executor(kind, 2)

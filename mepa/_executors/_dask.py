@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import distributed
 import numpy as np
+from distributed.scheduler import KilledWorker
 
 from .._dask_shipping import (
     LocalModules,
@@ -58,19 +59,34 @@ from .._dask_shipping import (
 )
 from .._errors import (
     COMMON_ERRORS,
+    ArgumentTypeError,
     BrokenExecutor,
     ClusterSpecError,
+    ErrorMap,
+    ErrorRule,
+    InitializerError,
+    InvalidArgumentError,
     SerializationError,
+    TaskPlace,
     WorkerCrashedError,
     WorkerSpecError,
 )
 from .._events import Channel, EventHub, Transport
+from .._heap import run_kept, worker_env
 from .._threads import thread_env
-from .._tree import tree_map
+from .._tree import flatten, iter_leaves, tree_map, unflatten
+from .._types import _short, check_bool
 from .._worker import Worker, physical_cores
-from ._base import Executor, check_not_exiting
+from ._base import ChunkHint, DistributePlan, Executor, check_initializer, check_not_exiting
 from ._engine import Capabilities
-from ._futures import RemoteTraceback, Task, TaskFuture, add_task_note, attach_remote_traceback
+from ._futures import (
+    BridgeFuture,
+    RemoteTraceback,
+    Task,
+    TaskFuture,
+    add_task_note,
+    attach_remote_traceback,
+)
 
 if TYPE_CHECKING:
     from distributed.deploy.cluster import Cluster
@@ -92,6 +108,46 @@ RELAUNCHES = 3
 _CLIENT: Any = distributed.Client  # distributed's annotations are partial
 
 _PROTOCOL = re.compile(r"^[a-z][a-z0-9+.-]*://")
+
+
+def _killed_worker(exc: BaseException, task: TaskPlace) -> BaseException:
+    return WorkerCrashedError(
+        f"a Dask worker died while running the task on {task.describe()} ({exc}); the "
+        "scheduler stops retrying a task after 'distributed.scheduler.allowed-failures' "
+        "worker deaths. Look for memory limits or crashes in the worker logs.",
+        chunk=task.chunk,
+    )
+
+
+def _input_lost(exc: BaseException, task: TaskPlace) -> BaseException:
+    assert isinstance(exc, _InputLost)
+    where = "a worker that left" if exc.address is None else f"worker {exc.address}"
+    return WorkerCrashedError(
+        f"the data of the task on {task.describe()} was lost {exc.attempts} times: it was "
+        f"scattered to {where}, which died before the task read it; the task was launched "
+        "again with the host's copy each time. Look for memory limits or crashes in the "
+        "worker logs.",
+        chunk=task.chunk,
+    )
+
+
+def _pinned_worker_left(exc: BaseException, task: TaskPlace) -> BaseException:
+    assert isinstance(exc, _PinnedWorkerLeft)
+    return WorkerCrashedError(
+        f"the task on {task.describe()} was pinned to Dask worker {exc.address} "
+        "(strict_pinning=True), which left the cluster before the task finished; arrange "
+        "again to use the workers there are now, or pass strict_pinning=False to let other "
+        "workers take over",
+        chunk=task.chunk,
+    )
+
+
+def _system_exit(exc: BaseException, task: TaskPlace) -> BaseException:
+    assert isinstance(exc, TaskExit)
+    out = SystemExit(exc.code)
+    out.__dict__.update(exc.__dict__)
+    out.__cause__ = exc.__cause__  # the worker's traceback, not the carrier
+    return out
 
 
 class DaskExecutor(Executor):
@@ -138,6 +194,15 @@ class DaskExecutor(Executor):
         Seconds the cluster may have no worker at all while tasks are pending; then those
         tasks fail with :class:`~mepa.BrokenExecutor` saying that no worker is left. Raise it
         for job queues that take long to replace workers.
+    split_threads
+        ``True`` (default): :meth:`distribute` runs the chunk of a worker with K threads as K
+        row pieces, one per thread, and joins their results in row order (the function must
+        return one row per input row). ``False``: one call per chunk.
+    initializer, initargs
+        As for :class:`concurrent.futures.ProcessPoolExecutor`: every worker calls
+        ``initializer(*initargs)`` once before its first task of the executor, also workers
+        that join later (a Dask worker plugin). If it raises, the tasks and every later
+        ``submit`` fail with :class:`~mepa.InitializerError`.
 
     Notes
     -----
@@ -185,7 +250,14 @@ class DaskExecutor(Executor):
     1024
     """
 
-    capabilities = Capabilities(pins_tasks=True, scatters=True)
+    capabilities = Capabilities(pins_tasks=True, scatters=True, cancels_queued=True)
+    errors = ErrorMap(
+        ErrorRule(KilledWorker, _killed_worker),
+        ErrorRule(lambda exc: isinstance(exc, _InputLost), _input_lost),
+        ErrorRule(lambda exc: isinstance(exc, _PinnedWorkerLeft), _pinned_worker_left),
+        ErrorRule(TaskExit, _system_exit),
+        COMMON_ERRORS,
+    )
 
     def __init__(
         self,
@@ -201,30 +273,31 @@ class DaskExecutor(Executor):
         wait_for_workers: int = 1,
         no_worker_timeout: float = 60.0,
         strict_pinning: bool = False,
+        split_threads: bool = True,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
     ) -> None:
         self._cluster: distributed.LocalCluster | None = None
         self._owns_client = True
+        _check_options(
+            address, n_workers=n_workers, threads_per_worker=threads_per_worker,
+            security=security, extra_paths=extra_paths, excludes=excludes, timeout=timeout,
+            wait_for_workers=wait_for_workers, no_worker_timeout=no_worker_timeout,
+        )
+        upload_modules = check_bool("upload_modules", upload_modules)
+        self._strict = check_bool("strict_pinning", strict_pinning)
+        self._split_threads = check_bool("split_threads", split_threads)
+        self._initializer_name = check_initializer(initializer, initargs)
         client: Any  # distributed's annotations are partial: keep the client loose
         if isinstance(address, distributed.Client):
             if security is not None or n_workers is not None or threads_per_worker is not None:
-                raise TypeError(
+                raise ArgumentTypeError(
                     "security, n_workers and threads_per_worker do not apply to an existing "
                     "Client; configure the Client (or the cluster) itself"
                 )
             client = address
             self._owns_client = False
         elif isinstance(address, str):
-            if n_workers is not None or threads_per_worker is not None:
-                raise TypeError(
-                    "n_workers and threads_per_worker only size the embedded cluster "
-                    f"(address=None), got address={address!r}; size a running cluster with "
-                    "its own dask worker commands"
-                )
-            if not address:
-                raise ValueError(
-                    "address must be 'tcp://host:port' or 'tls://host:port', got ''; "
-                    "pass None to start an embedded cluster"
-                )
             if address.startswith("tls://") and security is None:
                 raise ClusterSpecError(
                     f"address {address!r} asks for TLS but security is None; pass "
@@ -234,12 +307,6 @@ class DaskExecutor(Executor):
                 )
             client = _CLIENT(address, security=security, timeout=timeout, set_as_default=False)
         elif _is_cluster(address):
-            if n_workers is not None or threads_per_worker is not None:
-                raise TypeError(
-                    "n_workers and threads_per_worker only size the embedded cluster "
-                    f"(address=None), got a {type(address).__name__}; size or scale the "
-                    "cluster object itself (cluster.scale(n) or cluster.adapt(...))"
-                )
             client = _CLIENT(address, security=security, timeout=timeout, set_as_default=False)
         elif address is None:
             check_not_exiting()  # never start a cluster while the interpreter exits
@@ -251,21 +318,10 @@ class DaskExecutor(Executor):
             except BaseException:
                 self._cluster.close()
                 raise
-        else:
-            raise TypeError(
-                "address must be a scheduler address such as 'tcp://host:port', a "
-                "distributed.Client, a cluster object (LocalCluster, SpecCluster, "
-                f"dask-jobqueue's SLURMCluster, ...) or None, got {type(address).__name__}: "
-                f"{address!r}"
-            )
+        else:  # pragma: no cover - refused by _check_options
+            raise AssertionError(address)
         self._client: Any = client
         try:
-            if isinstance(wait_for_workers, bool) or not isinstance(wait_for_workers, int) \
-                    or wait_for_workers < 0:
-                raise WorkerSpecError(
-                    f"wait_for_workers must be an int >= 0, got {wait_for_workers!r}; pass 0 "
-                    "to start without waiting (an adaptive cluster with minimum 0)"
-                )
             info = self._client.scheduler_info(n_workers=-1)
             if len(info.get("workers", {})) < wait_for_workers:
                 try:
@@ -292,14 +348,21 @@ class DaskExecutor(Executor):
             self._close_owned()
             raise
         self._modules = LocalModules(extra_paths, excludes) if upload_modules else None
+        self._setup: _WorkerSetup | None = None
+        self._init_failure: str | None = None
+        if initializer is not None:
+            try:
+                self._setup = self._register_setup(initializer, tuple(initargs))
+            except BaseException:
+                self._close_owned()
+                raise
         self._dask_futures: weakref.WeakKeyDictionary[TaskFuture[Any], Any] = (
             weakref.WeakKeyDictionary()
         )
         self._dask_lock = threading.Lock()
         self._topics: list[str] = []
         self._rejected = 0
-        self._no_worker_timeout = _positive("no_worker_timeout", no_worker_timeout)
-        self._strict = bool(strict_pinning)
+        self._no_worker_timeout = float(no_worker_timeout)
         self._live: set[str] = set(self._addresses.values()) - {_PENDING_WORKER}
         self._changed = False
         self._running: set[_DaskTask] = set()
@@ -327,6 +390,31 @@ class DaskExecutor(Executor):
     def worker_address(self, worker: Worker | str) -> str:
         """The Dask address of one of this executor's workers (a :class:`Worker` or its name)."""
         return self._addresses[self._resolve_worker(worker).name]
+
+    def _register_setup(
+        self, initializer: Callable[..., object], initargs: tuple[Any, ...]
+    ) -> _WorkerSetup:
+        names = self._modules.names() if self._modules is not None else ()
+        try:
+            payload = dumps_shipped((initializer, initargs, {}), names)
+        except Exception as exc:
+            raise SerializationError(
+                f"the initializer {self._initializer_name} or its initargs could not be "
+                f"pickled: {exc}; pass a picklable function and arguments"
+            ) from exc
+        setup = _WorkerSetup(uuid.uuid4().hex, self._initializer_name, payload)
+        plugin = _SetupPlugin(setup)
+        register = getattr(self._client, "register_plugin", None) or \
+            self._client.register_worker_plugin
+        register(plugin, name=plugin.name)
+        return setup
+
+    def _initializer_error(self) -> InitializerError:
+        return InitializerError(
+            f"the initializer {self._initializer_name} of the Dask executor raised on a "
+            "worker; the executor cannot run tasks. Fix the initializer (or its initargs) and "
+            f"create a new executor. The worker's traceback:\n{self._init_failure}"
+        )
 
     def refresh_workers(self) -> tuple[Worker, ...]:
         """Read the cluster's workers again (after workers joined or left).
@@ -428,12 +516,33 @@ class DaskExecutor(Executor):
     ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
         # Packing happens in _engine_submit, where a failure fails the future.
         future = None if task.future is None else task.future()
-        return run_shipped, (_Call(fn, args, kwargs, future),), {}
+        call = _Call(fn, args, kwargs, future)
+        if isinstance(task.hint, _SplitHint) and task.worker is not None \
+                and task.worker.weight > 1:
+            flags = task.hint.flags(args, kwargs)
+            if any(flags):
+                call.split = _ThreadSplit(
+                    fn, flags, int(task.worker.weight), -1 if task.chunk is None else task.chunk
+                )
+        return run_shipped, (call,), {}
+
+    def _plan_distribute(self, allocations: list[Any]) -> DistributePlan | None:
+        if self._split_threads and any(w.weight > 1 for w in self._workers):
+            return _SplitPlan()
+        return None
+
+    def _chunk_argument(self, alloc: Any, i: int, plan: DistributePlan | None) -> Any:
+        chunk = super()._chunk_argument(alloc, i, plan)
+        if isinstance(plan, _SplitPlan):
+            plan.note(i, chunk)
+        return chunk
 
     def _engine_submit(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
         worker: Worker | None,
     ) -> concurrent.futures.Future[Any]:
+        if self._init_failure is not None:
+            raise self._initializer_error()
         if len(args) == 1 and not kwargs and isinstance(args[0], _Call):
             call = args[0]
         else:
@@ -454,7 +563,8 @@ class DaskExecutor(Executor):
         task_kwargs = tree_map(to_slot, call.kwargs)
         names = self._modules.names() if self._modules is not None else ()
         try:
-            payload = dumps_shipped((call.fn, task_args, task_kwargs), names)
+            fn_sent = call.fn if call.split is None else call.split
+            payload = dumps_shipped((fn_sent, task_args, task_kwargs), names)
         except Exception as exc:
             error = SerializationError(
                 f"the task {_funcname(call.fn)} or its arguments could not be pickled: {exc}; "
@@ -564,6 +674,10 @@ class DaskExecutor(Executor):
         self._fetcher.stop()
         with contextlib.suppress(Exception):
             self._client.unsubscribe_topic("all")
+        setup = getattr(self, "_setup", None)
+        if setup is not None and self._cluster is None:
+            with contextlib.suppress(Exception):  # a cluster that stays: no more initializer
+                self._client.unregister_worker_plugin(f"mepa-initializer-{setup.ident}")
         topics, self._topics = self._topics, []
         for topic in topics:
             with contextlib.suppress(Exception):
@@ -580,47 +694,17 @@ class DaskExecutor(Executor):
             with contextlib.suppress(Exception):
                 cluster.close()
 
-    def _translate_error(self, exc: BaseException, future: Task) -> BaseException:
-        from distributed.scheduler import KilledWorker
-
-        if isinstance(exc, KilledWorker):
-            crash = WorkerCrashedError(
-                f"a Dask worker died while running the task on {future.describe()} ({exc}); "
-                "the scheduler stops retrying a task after "
-                "'distributed.scheduler.allowed-failures' worker deaths. Look for memory "
-                "limits or crashes in the worker logs.",
-                chunk=future.chunk,
-            )
-            crash.__cause__ = exc
-            return crash
-        if isinstance(exc, _InputLost):
-            where = "a worker that left" if exc.address is None else f"worker {exc.address}"
-            crash = WorkerCrashedError(
-                f"the data of the task on {future.describe()} was lost {exc.attempts} times: "
-                f"it was scattered to {where}, which died before the task read it; the task "
-                "was launched again with the host's copy each time. Look for memory limits or "
-                "crashes in the worker logs.",
-                chunk=future.chunk,
-            )
-            return crash
-        if isinstance(exc, _PinnedWorkerLeft):
-            return WorkerCrashedError(
-                f"the task on {future.describe()} was pinned to Dask worker {exc.address} "
-                "(strict_pinning=True), which left the cluster before the task finished; "
-                "arrange again to use the workers there are now, or pass strict_pinning=False "
-                "to let other workers take over",
-                chunk=future.chunk,
-            )
-        if isinstance(exc, TaskExit):
-            out = SystemExit(exc.code)
-            out.__dict__.update(exc.__dict__)
-            return out
+    def _translate_error(self, exc: BaseException, task: Task) -> BaseException:
+        if isinstance(exc, _InitializerFailed):
+            if self._init_failure is None:
+                self._init_failure = str(exc)
+            return self._initializer_error()
         if isinstance(exc, ModuleNotFoundError) and exc.name:
             hint = self._missing_module_hint(exc.name)
             if hint:
                 add_task_note(exc, hint)
             return exc
-        return COMMON_ERRORS.translate(exc, future)
+        return super()._translate_error(exc, task)
 
     def _missing_module_hint(self, name: str) -> str:
         """What to do about a module the host imported but a worker cannot (or ``""``)."""
@@ -696,7 +780,7 @@ class DaskExecutor(Executor):
 class _Call:
     """A task on its way from ``_prepare_call`` to ``_engine_submit``."""
 
-    __slots__ = ("args", "fn", "future", "kwargs")
+    __slots__ = ("args", "fn", "future", "kwargs", "split")
 
     def __init__(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -706,9 +790,10 @@ class _Call:
         self.args = args
         self.kwargs = kwargs
         self.future = future
+        self.split: _ThreadSplit | None = None
 
 
-class _DaskTask(concurrent.futures.Future[Any]):
+class _DaskTask(BridgeFuture):
     """The stdlib future of one task on Dask, across its attempts.
 
     An attempt is one Dask future. Host arrays of the task are kept until it ends: when a
@@ -722,7 +807,7 @@ class _DaskTask(concurrent.futures.Future[Any]):
         self, executor: DaskExecutor, name: str, payload: bytes, sources: list[Any],
         address: str | None,
     ) -> None:
-        super().__init__()
+        super().__init__(cancel_remote=None)
         self._executor = executor
         self.name = name
         self.payload = payload
@@ -745,7 +830,7 @@ class _DaskTask(concurrent.futures.Future[Any]):
                 values[i] = future
         self.attempts += 1
         dask_future = ex._client.submit(
-            run_shipped, self.payload, *values,
+            run_dask_task, ex._setup, self.payload, *values,
             key=f"{self.name}-{uuid.uuid4().hex}", pure=False, **ex._pin(self.address),
         )
         self._values = values
@@ -808,14 +893,12 @@ class _DaskTask(concurrent.futures.Future[Any]):
         self._executor._running.discard(self)
         self.sources = None
         self._values = []
-        with contextlib.suppress(concurrent.futures.InvalidStateError):
-            if cancel:
-                if concurrent.futures.Future.cancel(self):
-                    self.set_running_or_notify_cancel()
-            elif exc is not None:
-                self.set_exception(exc)
-            else:
-                self.set_result(value)
+        if cancel:
+            self.remote_cancelled()
+        elif exc is not None:
+            self.reject(exc)
+        else:
+            self.resolve(value)
 
     def running(self) -> bool:
         """Whether a worker runs the task now (asks the cluster)."""
@@ -824,14 +907,26 @@ class _DaskTask(concurrent.futures.Future[Any]):
         return self._executor._is_executing(self.dask_future.key)
 
     def cancel(self) -> bool:
-        """Cancel the task unless a worker runs it (then it runs on: ``False``)."""
+        """Cancel the task if no worker can have it yet; ``True`` only if it will not run.
+
+        The scheduler checks and cancels in one step of its event loop: a task it still holds
+        (queued, waiting for its inputs or for a worker) is cancelled there; one it has handed
+        to a worker, which may start it any moment, is left to run (``False``), as
+        :class:`concurrent.futures.ProcessPoolExecutor` does for a task in its call queue.
+        """
         if self.done():
             return self.cancelled()
-        if self._executor._is_executing(self.dask_future.key):
-            return False
+        ex = self._executor
         self._user_cancelled = True
-        with contextlib.suppress(Exception):
-            self.dask_future.cancel()
+        try:
+            cancelled = bool(ex._client.run_on_scheduler(
+                _cancel_if_not_sent, self.dask_future.key, ex._client.id
+            ))
+        except Exception:  # noqa: BLE001 - cannot tell: the task may run, say so
+            cancelled = False
+        if not cancelled:
+            self._user_cancelled = False
+            return self.cancelled()
         return super().cancel()
 
 
@@ -903,6 +998,246 @@ def _is_executing(key: str, dask_worker: Any = None) -> bool:
     """Worker side: whether the task ``key`` is running on this worker."""
     state = dask_worker.state.tasks.get(key) if dask_worker is not None else None
     return state is not None and state.state in ("executing", "long-running")
+
+
+# ---------------------------------------------------------------------- tasks on workers
+
+
+def run_dask_task(
+    setup: _WorkerSetup | None, payload: bytes, *values: Any
+) -> Any:
+    """Worker side: the function every Dask task of the executor runs.
+
+    Runs the executor's initializer first if this worker has not (see :class:`_WorkerSetup`),
+    then the shipped task (:func:`~mepa._dask_shipping.run_shipped`) with the worker's heap
+    kept between tasks when the embedded cluster started it so (:func:`mepa._heap.run_kept`).
+
+    Parameters
+    ----------
+    setup
+        The executor's initializer, or ``None``.
+    payload, *values
+        As for :func:`~mepa._dask_shipping.run_shipped`.
+    """
+    if setup is not None:
+        setup.ensure()
+    return run_kept(run_shipped, payload, *values)
+
+
+_SETUPS: dict[str, str] = {}
+"""Worker side: per initializer id, ``""`` once it ran, else its traceback."""
+_SETUPS_LOCK = threading.Lock()
+
+
+class _InitializerFailed(Exception):
+    """Worker side: the executor's initializer raised on this worker (its traceback)."""
+
+
+class _WorkerSetup:
+    """An executor's ``initializer(*initargs)``, shipped once per worker.
+
+    Every worker calls it once, before its first task of the executor: from the
+    :class:`_SetupPlugin` when it joins (or when the executor starts), else from
+    :func:`run_dask_task`, whichever comes first.
+
+    Parameters
+    ----------
+    ident
+        Unique per executor.
+    name
+        The initializer's name, for errors.
+    payload
+        ``(initializer, initargs, {})`` pickled with the user's modules by value.
+    """
+
+    def __init__(self, ident: str, name: str, payload: bytes) -> None:
+        self.ident = ident
+        self.name = name
+        self.payload = payload
+
+    def run(self) -> str:
+        """Call the initializer once in this process; ``""`` or its traceback."""
+        import pickle
+        import traceback
+
+        with _SETUPS_LOCK:
+            done = _SETUPS.get(self.ident)
+            if done is None:
+                try:
+                    fn, args, _ = pickle.loads(self.payload)
+                    fn(*args)
+                except BaseException as exc:  # noqa: BLE001 - reported by every task
+                    done = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+                else:
+                    done = ""
+                _SETUPS[self.ident] = done
+        return done
+
+    def ensure(self) -> None:
+        """Run the initializer if needed; raise :class:`_InitializerFailed` if it raised."""
+        failure = self.run()
+        if failure:
+            raise _InitializerFailed(failure)
+
+
+class _SetupPlugin(distributed.WorkerPlugin):
+    """Runs a :class:`_WorkerSetup` on every worker, also on workers that join later."""
+
+    def __init__(self, setup: _WorkerSetup) -> None:
+        self.setup_ = setup
+        self.name = f"mepa-initializer-{setup.ident}"
+
+    async def setup(self, worker: Any) -> None:
+        import asyncio
+
+        # Off the worker's event loop: an initializer may take long (loading a model).
+        await asyncio.get_running_loop().run_in_executor(None, self.setup_.run)
+
+
+class _ThreadSplit:
+    """A ``distribute`` chunk run as one piece per thread of its Dask worker.
+
+    The chunk's arrays (the leaves flagged in ``chunk_leaves``) are cut into as many row
+    ranges as the worker has threads; ``fn`` runs on each range in a thread of its own (the
+    first in the task's thread), and the pieces' results are put back together in row order:
+    arrays and lists are concatenated, tuples element by element.
+
+    Parameters
+    ----------
+    fn
+        The user's function.
+    chunk_leaves
+        Per leaf of ``(args, kwargs)`` (in :func:`~mepa._tree.flatten` order), whether it is
+        an array of the chunk.
+    threads
+        The worker's thread count as the host saw it (the worker's own count wins).
+    chunk
+        The chunk's index, for errors.
+    """
+
+    def __init__(
+        self, fn: Callable[..., Any], chunk_leaves: list[bool], threads: int, chunk: int
+    ) -> None:
+        self.fn = fn
+        self.chunk_leaves = chunk_leaves
+        self.threads = threads
+        self.chunk = chunk
+
+    @property
+    def __name__(self) -> str:
+        return _funcname(self.fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        import contextvars
+
+        threads = self.threads
+        with contextlib.suppress(ValueError):
+            threads = int(distributed.get_worker().state.nthreads)
+        leaves, spec = flatten((args, kwargs))
+        flagged = [i for i, f in enumerate(self.chunk_leaves) if f and i < len(leaves)
+                   and isinstance(leaves[i], np.ndarray) and leaves[i].ndim >= 1]
+        rows = len(leaves[flagged[0]]) if flagged else 0
+        pieces = min(threads, rows)
+        if pieces <= 1 or any(len(leaves[i]) != rows for i in flagged):
+            return self.fn(*args, **kwargs)
+        edges = [rows * k // pieces for k in range(pieces + 1)]
+        calls = []
+        for k in range(pieces):
+            part = list(leaves)
+            for i in flagged:
+                part[i] = leaves[i][edges[k]:edges[k + 1]]
+            a, kw = unflatten(spec, part)
+            calls.append((a, kw))
+        with concurrent.futures.ThreadPoolExecutor(
+            pieces - 1, thread_name_prefix="mepa-chunk-piece"
+        ) as pool:
+            others = [
+                pool.submit(contextvars.copy_context().run, self.fn, *a, **kw)
+                for a, kw in calls[1:]
+            ]
+            first = self.fn(*calls[0][0], **calls[0][1])
+            results = [first] + [f.result() for f in others]
+        sizes = [edges[k + 1] - edges[k] for k in range(pieces)]
+        return _join_pieces(results, sizes, self)
+
+
+def _join_pieces(results: list[Any], sizes: list[int], split: _ThreadSplit) -> Any:
+    """The results of a chunk's pieces put back together in row order."""
+    first = results[0]
+    if all(r is None for r in results):
+        return None
+    if all(isinstance(r, np.ndarray) and r.ndim >= 1 and len(r) == n
+           for r, n in zip(results, sizes, strict=True)):
+        return np.concatenate(results)
+    if all(isinstance(r, list) and len(r) == n for r, n in zip(results, sizes, strict=True)):
+        return [item for r in results for item in r]
+    if isinstance(first, tuple) and all(
+        isinstance(r, tuple) and len(r) == len(first) for r in results
+    ):
+        joined = [_join_pieces([r[j] for r in results], sizes, split) for j in range(len(first))]
+        return type(first)(*joined) if hasattr(first, "_fields") else tuple(joined)
+    from .._errors import AllocationError
+
+    raise AllocationError(
+        f"distribute ran chunk {split.chunk} as {len(results)} pieces, one per thread of its "
+        f"Dask worker (split_threads=True), and {split.__name__} returned "
+        f"{type(first).__name__} for a piece of {sizes[0]} rows, which cannot be put back "
+        "together row by row; return one row per input row (an array, a list, or a tuple of "
+        "them), or pass split_threads=False to DaskExecutor to run each chunk as one call"
+    )
+
+
+class _SplitPlan(DistributePlan):
+    """Notes which arguments of a ``distribute`` call are chunks, for :class:`_ThreadSplit`."""
+
+    def __init__(self) -> None:
+        self._chunks: dict[int, list[Any]] = {}
+
+    def note(self, i: int, chunk: Any) -> None:
+        self._chunks.setdefault(i, []).extend(
+            leaf for leaf in iter_leaves(chunk) if isinstance(leaf, np.ndarray)
+        )
+
+    def hint(self, i: int) -> Any:
+        return _SplitHint(self._chunks.pop(i, []))
+
+
+class _SplitHint(ChunkHint):
+    """The arrays of chunk ``i`` (kept alive, so their ids stay theirs until submitted)."""
+
+    __slots__ = ("arrays",)
+
+    def __init__(self, arrays: list[Any]) -> None:
+        self.arrays = arrays
+
+    def flags(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[bool]:
+        ids = {id(a) for a in self.arrays}
+        return [id(leaf) in ids for leaf in flatten((args, kwargs))[0]]
+
+
+async def _cancel_if_not_sent(key: str, client: str, dask_scheduler: Any = None) -> bool:
+    """Scheduler side: cancel the task ``key`` unless a worker may have it; ``True`` if so.
+
+    Runs on the scheduler's event loop: no worker can be given the task between the check and
+    the cancellation. A task submitted just before may not have reached the scheduler yet
+    (submissions and this call travel on different connections): wait for it a little.
+    """
+    import asyncio
+    import inspect
+
+    for _ in range(200):
+        if key in dask_scheduler.tasks:
+            break
+        await asyncio.sleep(0.01)
+    ts = dask_scheduler.tasks.get(key)
+    if ts is None or ts.state not in ("released", "waiting", "queued", "no-worker"):
+        return False
+    options: dict[str, Any] = {"force": True, "reason": "cancelled by mepa", "msg": ""}
+    accepted = inspect.signature(dask_scheduler.stimulus_cancel).parameters
+    dask_scheduler.stimulus_cancel(
+        [key], client, **{k: v for k, v in options.items() if k in accepted}
+    )
+    return True
 
 
 # ---------------------------------------------------------------------- events on workers
@@ -1044,7 +1379,15 @@ def _check_main_can_spawn() -> None:
     import ast
 
     main = sys.modules.get("__main__")
-    if getattr(main, "__file__", None) is None and sys.argv and sys.argv[0] == "-":
+    file = getattr(main, "__file__", None)
+    # ``python - < script`` and ``python < script``: __file__ is '<stdin>' (3.11+) or unset,
+    # and the worker processes would try to run that path as the main script.
+    interactive = hasattr(sys, "ps1") or bool(sys.flags.interactive)
+    from_stdin = not interactive and (
+        (isinstance(file, str) and not os.path.isfile(file))
+        or (file is None and bool(sys.argv) and sys.argv[0] in ("-", ""))
+    )
+    if from_stdin:
         raise ClusterSpecError(
             "DaskExecutor() cannot start its embedded cluster from a script read from stdin: "
             "its worker processes import the main script again, so save it to a file and run "
@@ -1072,28 +1415,41 @@ def _check_main_can_spawn() -> None:
 def _start_local_cluster(
     n_workers: int | None, threads_per_worker: int | None, security: Security | None
 ) -> distributed.LocalCluster:
-    for name, value in (("n_workers", n_workers), ("threads_per_worker", threads_per_worker)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                  or value < 1):
-            raise WorkerSpecError(
-                f"{name} must be a positive int or None, got {value!r}; pass None for the "
-                "default (one single-thread worker per physical core)"
-            )
     _check_main_can_spawn()
+    import dask.config
+
     protocol = "tls://" if security is not None and security.require_encryption else None
+    n = physical_cores() if n_workers is None else n_workers
+    # The heap settings of ProcessExecutor's workers (see mepa._heap); glibc reads them when
+    # a process starts, so they go in the nanny's pre-spawn environment, replacing
+    # distributed's MALLOC_TRIM_THRESHOLD_=65536 (which returns every freed NumPy temporary
+    # to the system, and faults it in again for the next one).
+    heap = worker_env(n)
+    pre_spawn = {**(dask.config.get("distributed.nanny.pre-spawn-environ") or {}), **heap}
+    # The nanny puts its pre-spawn environment into this process's os.environ: put it back.
+    saved = {key: os.environ.get(key) for key in pre_spawn}
     local_cluster: Any = distributed.LocalCluster
-    cluster: distributed.LocalCluster = local_cluster(
-        n_workers=physical_cores() if n_workers is None else n_workers,
-        threads_per_worker=1 if threads_per_worker is None else threads_per_worker,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address="127.0.0.1:0",  # the scheduler's HTTP routes, on loopback
-        scheduler_kwargs={"dashboard": False},
-        security=security,
-        protocol=protocol,
-        silence_logs=logging.ERROR,
-        env=thread_env(1),  # one OpenMP/BLAS/numba thread per worker thread, as on processes
-    )
+    try:
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": pre_spawn}):
+            cluster: distributed.LocalCluster = local_cluster(
+                n_workers=n,
+                threads_per_worker=1 if threads_per_worker is None else threads_per_worker,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address="127.0.0.1:0",  # the scheduler's HTTP routes, on loopback
+                scheduler_kwargs={"dashboard": False},
+                security=security,
+                protocol=protocol,
+                silence_logs=logging.ERROR,
+                # one OpenMP/BLAS/numba thread per worker thread, as on processes
+                env={**thread_env(1), **heap},
+            )
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     return cluster
 
 
@@ -1191,9 +1547,92 @@ def _is_local_host(host: str, local: set[str]) -> bool:
         return False
 
 
-def _positive(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
+def _check_options(
+    address: object, *, n_workers: object, threads_per_worker: object, security: object,
+    extra_paths: object, excludes: object, timeout: object, wait_for_workers: object,
+    no_worker_timeout: object,
+) -> None:
+    """Refuse bad constructor arguments before anything connects or starts.
+
+    Each error is a :class:`~mepa.MepaError` (and the matching builtin) naming the parameter,
+    the constraint, the value received and the fix.
+    """
+    if isinstance(address, str):
+        if not address.strip():
+            raise ClusterSpecError(
+                f"address must be 'tcp://host:port' or 'tls://host:port', got {address!r}; "
+                "pass None to start an embedded cluster"
+            )
+    elif address is not None and not isinstance(address, distributed.Client) \
+            and not _is_cluster(address):
+        raise ArgumentTypeError(
+            "address must be a scheduler address such as 'tcp://host:port', a "
+            "distributed.Client, a cluster object (LocalCluster, SpecCluster, "
+            f"dask-jobqueue's SLURMCluster, ...) or None, got {type(address).__name__}: "
+            f"{_short(address)}; pass one of those"
+        )
+    if address is not None and (n_workers is not None or threads_per_worker is not None):
+        if isinstance(address, str):
+            what = f"address={address!r}"
+            fix = "size a running cluster with its own dask worker commands"
+        else:
+            what = f"a {type(address).__name__}"
+            fix = "size or scale the cluster object itself (cluster.scale(n) or cluster.adapt(...))"
+        raise ArgumentTypeError(
+            "n_workers and threads_per_worker only size the embedded cluster (address=None), "
+            f"got {what} with n_workers={n_workers!r}, threads_per_worker="
+            f"{threads_per_worker!r}; {fix}"
+        )
+    for name, value in (("n_workers", n_workers), ("threads_per_worker", threads_per_worker)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 1):
+            raise WorkerSpecError(
+                f"{name} must be a positive int or None, got {_short(value)}; pass None for "
+                "the default (one single-thread worker per physical core)"
+            )
+    if security is not None:
+        from distributed.security import Security
+
+        if not isinstance(security, Security):
+            raise ArgumentTypeError(
+                f"security must be a distributed.security.Security or None, got "
+                f"{type(security).__name__}: {_short(security)}; pass e.g. "
+                "Security.temporary() for an embedded cluster"
+            )
+    for name, value in (("extra_paths", extra_paths), ("excludes", excludes)):
+        items = None
+        if not isinstance(value, str | bytes | os.PathLike):
+            with contextlib.suppress(TypeError):
+                items = list(cast("Iterable[Any]", value))
+        kinds, what, example = (
+            ((str, os.PathLike), "directories", "'src'") if name == "extra_paths"
+            else ((str,), "module names", "'mypkg'")
+        )
+        if items is None or not all(isinstance(item, kinds) for item in items):
+            raise ArgumentTypeError(
+                f"{name} must be a list of {what}, got {type(value).__name__}: "
+                f"{_short(value)}; pass a list, e.g. {name}=[{example}]"
+            )
+    _positive("timeout", timeout)
+    _positive("no_worker_timeout", no_worker_timeout)
+    if isinstance(wait_for_workers, bool) or not isinstance(wait_for_workers, int) \
+            or wait_for_workers < 0:
+        raise WorkerSpecError(
+            f"wait_for_workers must be an int >= 0, got {_short(wait_for_workers)}; pass 0 "
+            "to start without waiting (an adaptive cluster with minimum 0)"
+        )
+
+
+def _positive(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ArgumentTypeError(
+            f"{name} must be a number of seconds > 0, got {type(value).__name__}: "
+            f"{_short(value)}; pass e.g. {name}=30"
+        )
+    if not value > 0:  # also NaN
+        raise InvalidArgumentError(
+            f"{name} must be a number of seconds > 0, got {value!r}; pass e.g. {name}=30"
+        )
     return float(value)
 
 
