@@ -7,7 +7,9 @@ each in a directory of its own; one cluster per kind is shared by the tests of t
 
 from __future__ import annotations
 
+import io
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -218,3 +220,70 @@ def test_a_script_read_from_stdin_gets_one_sentence(tmp_path, how):
     assert "ClusterSpecError" in done.stderr
     assert "read from stdin" in done.stderr
     assert len(done.stderr.splitlines()) < 20, done.stderr  # not pages of worker logs
+
+
+def fire_then_die_once(ctx, bar, marker, n):
+    first = not os.path.exists(marker)
+    if first:
+        open(marker, "w").close()
+    bar.register(n)
+    for i in range(n):
+        ctx.fire(i)
+        bar.update(1)
+        if first and i == n // 2:
+            time.sleep(1.5)  # the worker sends what was fired so far, then dies mid-task
+            os.kill(os.getpid(), signal.SIGKILL)
+    return n
+
+
+def test_a_retried_tasks_events_and_progress_count_once(killable, tmp_path):
+    n = 200
+    with DaskExecutor(killable.address) as ex:
+        seen: list[int] = []
+        ctx = ex.register(seen.append)
+        bar = ex.progress(file=io.StringIO())
+        future = ex.submit(fire_then_die_once, ctx, bar, str(tmp_path / "died-once"), n)
+        assert future.result(timeout=120) == n  # run again by the scheduler, elsewhere
+        assert (tmp_path / "died-once").exists()
+        assert seen == list(range(n))  # each fire once, in order
+        assert (bar.n, bar.total) == (n, n)
+        bar.close()
+    (dead,) = [w for w in killable.workers if w.proc.poll() is not None]
+    killable.stop_worker(dead)  # reap it, then replace it
+    killable.add_worker()
+
+
+class Opaque:
+    def __init__(self, value):
+        self.value = value
+
+    def __eq__(self, other):
+        return isinstance(other, Opaque) and other.value == self.value
+
+
+def fire_values(ctx, values):
+    for value in values:
+        ctx.fire(value)
+    return len(values)
+
+
+def test_authenticated_batches_of_plain_data_are_decoded_without_unpickling(killable):
+    plain = [1, 2.5, "text", b"bytes", [1, 2], {"a": (1, "b")}, (3, 4), None, True,
+             np.arange(4.0), np.float32(1.5), {1, 2}, complex(1, 2)]
+    with DaskExecutor(killable.address) as ex:
+        seen: list[object] = []
+        ctx = ex.register(seen.append)
+        assert ex.submit_and_gather(fire_values, ctx, plain) == len(plain)
+        assert ex._decoded["pickle"] == 0
+        assert ex._decoded["plain"] >= 1
+        assert len(seen) == len(plain)
+        for got, sent in zip(seen, plain, strict=True):
+            if isinstance(sent, np.ndarray):
+                np.testing.assert_array_equal(got, sent)
+            else:
+                assert got == sent
+        # an instance of the user's class: unpickled, after the signature was checked
+        seen.clear()
+        assert ex.submit_and_gather(fire_values, ctx, [Opaque(3)]) == 1
+        assert seen == [Opaque(3)]
+        assert ex._decoded["pickle"] == 1

@@ -76,3 +76,24 @@ def test_tls_address_without_security_says_what_to_pass():
     assert isinstance(info.value, ValueError)
     assert "tls://127.0.0.1:1" in str(info.value)
     assert "Security" in str(info.value)
+
+
+def test_the_plain_decoder_builds_no_object_that_runs_code(tmp_path):
+    import numpy as np
+
+    from mepa._executors._dask import NotPlainData, loads_plain
+
+    marker = str(tmp_path / "decoder-ran-a-pickle")
+    for payload in (
+        pickle.dumps(Evil(marker)),
+        pickle.dumps(("source", 1, [(1, (Evil(marker),), None)])),
+        pickle.dumps([os.system]),
+    ):
+        with pytest.raises(NotPlainData):
+            loads_plain(payload)
+    assert not os.path.exists(marker)
+    value = {"a": [1, 2.5, "s", b"b", (None, True)], "x": np.arange(3.0), "c": complex(1, 2)}
+    got = loads_plain(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+    assert got["a"] == value["a"]
+    assert got["c"] == value["c"]
+    np.testing.assert_array_equal(got["x"], value["x"])

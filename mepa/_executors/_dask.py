@@ -28,11 +28,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import contextvars
 import hashlib
 import hmac
+import io
 import ipaddress
 import logging
 import os
+import pickle
 import queue
 import re
 import secrets
@@ -362,6 +365,8 @@ class DaskExecutor(Executor):
         self._dask_lock = threading.Lock()
         self._topics: list[str] = []
         self._rejected = 0
+        self._decoded = {"plain": 0, "pickle": 0}
+        self._once = _AttemptEvents()
         self._no_worker_timeout = float(no_worker_timeout)
         self._live: set[str] = set(self._addresses.values()) - {_PENDING_WORKER}
         self._changed = False
@@ -578,6 +583,8 @@ class DaskExecutor(Executor):
         if call.future is not None:
             with self._dask_lock:
                 self._dask_futures[call.future] = task
+            # Once the user's future is done, every batch of the task has been dispatched.
+            call.future.add_done_callback(_Forget(self._once, task.ident))
         return task
 
     def _scatter_to(self, values: list[Any], address: str | None) -> list[Any]:
@@ -739,7 +746,8 @@ class DaskExecutor(Executor):
 
     def _event_channel(self, hub: EventHub) -> DaskChannel:
         channel = DaskChannel(hub.hub_id, f"mepa-events-{hub.hub_id}", secrets.token_bytes(32))
-        deliver = hub.deliver_bytes
+        deliver = hub.deliver
+        once = self._once
 
         def on_event(event: tuple[float, Any]) -> None:
             # Runs on the client's event loop: only check, decode and queue for the dispatcher.
@@ -748,13 +756,42 @@ class DaskExecutor(Executor):
                 self._reject(channel.topic)
                 return
             try:
-                deliver(payload)
+                source, seq, events = self._decode_batch(payload)
+                deliver(source, seq, once.filter(source, events, self._is_additive))
             except Exception:
                 logger.exception("bad event batch on %s", channel.topic)
 
         self._client.subscribe_topic(channel.topic, on_event)
         self._topics.append(channel.topic)
         return channel
+
+    def _decode_batch(self, payload: bytes) -> tuple[str, int, list[Any]]:
+        """Decode an authenticated batch: plain data without running code, else by pickle.
+
+        Numbers, strings, bytes, lists, tuples, dicts, sets, NumPy arrays and scalars and
+        mepa's event keys are rebuilt by :func:`loads_plain`, which imports and calls nothing
+        else. Only a batch holding other objects (instances of the user's classes) is
+        unpickled, and only here, after its signature was checked.
+        """
+        header = loads_plain(payload)
+        if not (isinstance(header, tuple) and len(header) == 3 and isinstance(header[0], str)
+                and isinstance(header[1], int) and isinstance(header[2], bytes)):
+            raise ValueError(f"not an event batch: {type(header).__name__}")
+        source, seq, body = header
+        try:
+            events = loads_plain(body)
+            self._decoded["plain"] += 1
+        except NotPlainData:
+            events = pickle.loads(body)  # signed by a task of this executor
+            self._decoded["pickle"] += 1
+        if not isinstance(events, list):
+            raise TypeError(f"not a list of events: {type(events).__name__}")
+        return source, seq, events
+
+    def _is_additive(self, event: Any) -> bool:
+        """Whether ``event`` is a progress bar's (its counts are summed, not its messages)."""
+        bars = self._progress_bars
+        return any(getattr(getattr(bar, "_ctx", None), "event", None) == event for bar in bars)
 
     def _reject(self, topic: str) -> None:
         self._rejected += 1  # only the client's event loop counts
@@ -817,6 +854,7 @@ class _DaskTask(BridgeFuture):
         self.dask_future: Any = None
         self._values: list[Any] = []
         self._user_cancelled = False
+        self.ident = uuid.uuid4().hex
 
     def launch(self) -> None:
         """Start an attempt: scatter the host arrays, submit the payload."""
@@ -830,7 +868,7 @@ class _DaskTask(BridgeFuture):
                 values[i] = future
         self.attempts += 1
         dask_future = ex._client.submit(
-            run_dask_task, ex._setup, self.payload, *values,
+            run_dask_task, ex._setup, self.ident, self.payload, *values,
             key=f"{self.name}-{uuid.uuid4().hex}", pure=False, **ex._pin(self.address),
         )
         self._values = values
@@ -1004,7 +1042,7 @@ def _is_executing(key: str, dask_worker: Any = None) -> bool:
 
 
 def run_dask_task(
-    setup: _WorkerSetup | None, payload: bytes, *values: Any
+    setup: _WorkerSetup | None, ident: str, payload: bytes, *values: Any
 ) -> Any:
     """Worker side: the function every Dask task of the executor runs.
 
@@ -1016,12 +1054,175 @@ def run_dask_task(
     ----------
     setup
         The executor's initializer, or ``None``.
+    ident
+        The task's id: its events are sent by a sender of this attempt (see
+        :class:`_AttemptEvents`).
     payload, *values
         As for :func:`~mepa._dask_shipping.run_shipped`.
     """
     if setup is not None:
         setup.ensure()
-    return run_kept(run_shipped, payload, *values)
+    attempt = (ident, uuid.uuid4().hex[:12])
+    reset = _ATTEMPT.set(attempt)
+    try:
+        return run_kept(run_shipped, payload, *values)
+    finally:
+        _ATTEMPT.reset(reset)
+        _drop_senders(f"@{attempt[0]}.{attempt[1]}")
+
+
+_ATTEMPT: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
+    "mepa_dask_attempt", default=None
+)
+"""Worker side: ``(task id, attempt id)`` of the task being unpickled and run."""
+
+_ATTEMPT_SOURCE = "attempt:"
+
+
+def _drop_senders(suffix: str) -> None:
+    """Forget the (flushed) senders of a finished attempt: one per attempt, not per process."""
+    from .. import _events
+
+    with _events._SENDERS_LOCK:
+        for key in [k for k in _events._SENDERS if k.endswith(suffix)]:
+            del _events._SENDERS[key]
+
+
+class _AttemptEvents:
+    """Host side: the events of a task that Dask ran again count once.
+
+    When a worker dies while running a task, the scheduler runs it again elsewhere; the events
+    the first attempt sent are already dispatched, and the new attempt fires them again. Each
+    attempt sends through a sender of its own (source ``attempt:{task}.{attempt}.{random}``),
+    and per task and event this counts what each attempt fired: a fire is dispatched only
+    past the count of the attempts before it (the k-th fire of an event once, whichever
+    attempt sends it first), and for a progress bar the same holds for the sums of its
+    ``update`` and ``register`` counts. A bar thus ends at its total, and a callback sees each
+    fire once, as long as the attempts fire the same events (tasks are retried as they are).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tasks: dict[str, tuple[dict[Any, float], dict[str, dict[Any, float]]]] = {}
+
+    def forget(self, ident: str) -> None:
+        with self._lock:
+            self._tasks.pop(ident, None)
+
+    def filter(
+        self, source: str, events: list[Any], additive: Callable[[Any], bool]
+    ) -> list[Any]:
+        """The events of a batch from ``source`` that no earlier attempt delivered."""
+        if not source.startswith(_ATTEMPT_SOURCE):
+            return events
+        ident, _, rest = source[len(_ATTEMPT_SOURCE):].partition(".")
+        attempt = rest.partition(".")[0]
+        with self._lock:
+            delivered, attempts = self._tasks.setdefault(ident, ({}, {}))
+            counts = attempts.setdefault(attempt, {})
+            out: list[Any] = []
+            for item in events:
+                if len(item) == 2:  # (event, values): one fire per value
+                    event, values = item
+                    keep = self._advance(delivered, counts, (event, None), len(values))
+                    if keep:
+                        out.append(item if keep >= len(values) else (event, values[-int(keep):]))
+                    continue
+                event, args, kwargs = item
+                if kwargs is None and len(args) >= 2 and args[0] in _PROGRESS_SUMS \
+                        and isinstance(args[1], int | float) and not isinstance(args[1], bool) \
+                        and additive(event):
+                    keep = self._advance(delivered, counts, (event, args[0]), args[1])
+                    if keep:
+                        out.append(item if keep == args[1] else
+                                   (event, (args[0], type(args[1])(keep), *args[2:]), kwargs))
+                    continue
+                if self._advance(delivered, counts, (event, None), 1):
+                    out.append(item)
+            return out
+
+    @staticmethod
+    def _advance(
+        delivered: dict[Any, float], counts: dict[Any, float], key: Any, amount: float
+    ) -> float:
+        """Add ``amount`` to this attempt's count; the part no attempt delivered before."""
+        before = counts.get(key, 0)
+        after = before + amount
+        counts[key] = after
+        done = delivered.get(key, 0)
+        if after <= done:
+            return 0
+        delivered[key] = after
+        return after - max(before, done)
+
+
+class _Forget:
+    """Done-callback of a user's future: drop its task's event counts."""
+
+    __slots__ = ("ident", "once")
+
+    def __init__(self, once: _AttemptEvents, ident: str) -> None:
+        self.once = once
+        self.ident = ident
+
+    def __call__(self, _: object) -> None:
+        self.once.forget(self.ident)
+
+
+_PROGRESS_SUMS = (0, 1)
+"""The kinds of a progress bar's messages whose counts add up (update, register)."""
+
+
+class NotPlainData(Exception):
+    """:func:`loads_plain` met an object that is not plain data (it was not rebuilt)."""
+
+
+_PLAIN_GLOBALS = frozenset({
+    ("builtins", "complex"), ("builtins", "set"), ("builtins", "frozenset"),
+    ("builtins", "bytearray"), ("builtins", "slice"), ("builtins", "range"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    *((module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+      for name in ("_reconstruct", "scalar")),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+})
+
+
+def _plain_globals() -> frozenset[tuple[str, str]]:
+    from .. import _events
+
+    extra = {
+        (obj.__module__, name)
+        for name in ("AnonymousEvent", "AliasEvent", "_Unpicklable")
+        if (obj := getattr(_events, name, None)) is not None
+    }
+    return _PLAIN_GLOBALS | extra
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """An unpickler that rebuilds plain data only: no other import, no other call."""
+
+    allowed: frozenset[tuple[str, str]] = frozenset()
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.allowed:
+            raise NotPlainData(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
+def loads_plain(data: bytes) -> Any:
+    """Decode a pickle that holds plain data only, running no code of its sender's choosing.
+
+    Numbers, strings, bytes, lists, tuples, dicts, sets, NumPy arrays, dtypes and scalars,
+    and mepa's event keys. Anything else raises :class:`NotPlainData` before it is built.
+
+    Raises
+    ------
+    NotPlainData
+        For any other object.
+    """
+    if not _PlainUnpickler.allowed:
+        _PlainUnpickler.allowed = _plain_globals()
+    return _PlainUnpickler(io.BytesIO(data)).load()
 
 
 _SETUPS: dict[str, str] = {}
@@ -1264,6 +1465,24 @@ class DaskChannel(Channel):
         super().__init__(hub_id)
         self.topic = topic
         self.secret = secret
+        self.attempt: tuple[str, str] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["attempt"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        # Unpickled with a task's payload, in the task's thread: the events of contexts
+        # carrying this copy go through a sender of the task's attempt.
+        self.attempt = _ATTEMPT.get()
+
+    @property
+    def key(self) -> str:
+        """One sender per hub and process, and one per task attempt on a worker."""
+        base = super().key
+        return base if self.attempt is None else f"{base}@{self.attempt[0]}.{self.attempt[1]}"
 
     def seal(self, payload: bytes) -> bytes:
         """The message for ``payload``: its signature, then ``payload``."""
@@ -1294,7 +1513,15 @@ class DaskChannel(Channel):
         # Called at a context's first fire, in the task's thread: note the worker, so a flush
         # from the background flusher thread can still reach it.
         _note_worker()
-        return super().sender()
+        sender = super().sender()
+        if self.attempt is not None and not sender.source_id.startswith(_ATTEMPT_SOURCE):
+            with _TAG_LOCK:
+                if not sender.source_id.startswith(_ATTEMPT_SOURCE):
+                    # before its first batch: every batch of the sender carries the attempt
+                    sender.source_id = (
+                        f"{_ATTEMPT_SOURCE}{self.attempt[0]}.{self.attempt[1]}.{sender.source_id}"
+                    )
+        return sender
 
     def connect(self) -> Transport:
         """The process-local transport: this worker's ``log_event``."""
@@ -1302,6 +1529,7 @@ class DaskChannel(Channel):
 
 
 _MAC_SIZE = hashlib.sha256().digest_size
+_TAG_LOCK = threading.Lock()
 
 _WORKER: weakref.ReferenceType[distributed.Worker] | None = None
 
