@@ -33,7 +33,9 @@ import hashlib
 import hmac
 import io
 import ipaddress
+import itertools
 import logging
+import operator
 import os
 import pickle
 import queue
@@ -1120,6 +1122,8 @@ class _AttemptEvents:
         with self._lock:
             delivered, attempts = self._tasks.setdefault(ident, ({}, {}))
             counts = attempts.setdefault(attempt, {})
+            if len(attempts) == 1 and self._count_fast(delivered, counts, events, additive):
+                return events  # the only attempt so far: all of it is new
             out: list[Any] = []
             for item in events:
                 if len(item) == 2:  # (event, values): one fire per value
@@ -1140,6 +1144,25 @@ class _AttemptEvents:
                 if self._advance(delivered, counts, (event, None), 1):
                     out.append(item)
             return out
+
+    @staticmethod
+    def _count_fast(
+        delivered: dict[Any, float], counts: dict[Any, float], events: list[Any],
+        additive: Callable[[Any], bool],
+    ) -> bool:
+        """Count a batch of one plain event key at C speed; ``False`` for other batches."""
+        keys = set(map(_FIRST, events))
+        if len(keys) != 1:
+            return not keys
+        (event,) = keys
+        if additive(event):
+            return False
+        lengths = list(map(len, events))
+        pairs = itertools.compress(events, map((2).__eq__, lengths))
+        fires = lengths.count(3) + sum(map(len, map(_SECOND, pairs)))
+        key = (event, None)
+        delivered[key] = counts[key] = counts.get(key, 0) + fires
+        return True
 
     @staticmethod
     def _advance(
@@ -1168,6 +1191,9 @@ class _Forget:
     def __call__(self, _: object) -> None:
         self.once.forget(self.ident)
 
+
+_FIRST = operator.itemgetter(0)
+_SECOND = operator.itemgetter(1)
 
 _PROGRESS_SUMS = (0, 1)
 """The kinds of a progress bar's messages whose counts add up (update, register)."""
