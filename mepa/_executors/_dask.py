@@ -48,7 +48,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 import distributed
 import numpy as np
@@ -1679,32 +1679,54 @@ def _start_local_cluster(
     # distributed's MALLOC_TRIM_THRESHOLD_=65536 (which returns every freed NumPy temporary
     # to the system, and faults it in again for the next one).
     heap = worker_env(n)
-    pre_spawn = {**(dask.config.get("distributed.nanny.pre-spawn-environ") or {}), **heap}
-    # The nanny puts its pre-spawn environment into this process's os.environ: put it back.
-    saved = {key: os.environ.get(key) for key in pre_spawn}
+    malloc = {key: value for key, value in heap.items() if key.startswith("MALLOC_")}
+    pre_spawn = {**(dask.config.get("distributed.nanny.pre-spawn-environ") or {}), **malloc}
     local_cluster: Any = distributed.LocalCluster
-    try:
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": pre_spawn}):
-            cluster: distributed.LocalCluster = local_cluster(
-                n_workers=n,
-                threads_per_worker=1 if threads_per_worker is None else threads_per_worker,
-                processes=True,
-                host="127.0.0.1",
-                dashboard_address="127.0.0.1:0",  # the scheduler's HTTP routes, on loopback
-                scheduler_kwargs={"dashboard": False},
-                security=security,
-                protocol=protocol,
-                silence_logs=logging.ERROR,
-                # one OpenMP/BLAS/numba thread per worker thread, as on processes
-                env={**thread_env(1), **heap},
-            )
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": pre_spawn}):
+        cluster: distributed.LocalCluster = local_cluster(
+            n_workers=n,
+            threads_per_worker=1 if threads_per_worker is None else threads_per_worker,
+            processes=True,
+            worker_class=_HostEnvNanny,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",  # the scheduler's HTTP routes, on loopback
+            scheduler_kwargs={"dashboard": False},
+            security=security,
+            protocol=protocol,
+            silence_logs=logging.ERROR,
+            # one OpenMP/BLAS/numba thread per worker thread, as on processes
+            env={**thread_env(1), **heap},
+        )
     return cluster
+
+
+class _HostEnvNanny(distributed.Nanny):
+    """A nanny that gives the host's environment back once its worker process has started.
+
+    A nanny sets its pre-spawn environment (the malloc settings, read by glibc when a process
+    starts) in its own process's ``os.environ`` before it spawns the worker, also when it
+    restarts one. The embedded cluster's nannies run in the user's process: without this,
+    every process the user starts later would inherit the workers' malloc settings.
+    """
+
+    _spawning = 0
+    _saved: ClassVar[dict[str, str | None]] = {}
+
+    async def instantiate(self) -> Any:
+        cls = _HostEnvNanny
+        if cls._spawning == 0:  # the nannies share one event loop: no lock needed
+            cls._saved = {key: os.environ.get(key) for key in self.pre_spawn_env}
+        cls._spawning += 1
+        try:
+            return await super().instantiate()
+        finally:
+            cls._spawning -= 1
+            if cls._spawning == 0:
+                for key, value in cls._saved.items():
+                    if value is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = value
 
 
 _PENDING_WORKER = "pending"
