@@ -96,8 +96,9 @@ def warm_up(
     ----------
     executor
         A mepa executor. Its workers must share the host's temporary directory, where the
-        tasks meet: threads, processes, or a Dask cluster on the host's machine. On Dask (no
-        ``initializer=``) pass the setup as ``fn``: it runs in one thread of each Dask worker.
+        tasks meet: threads, processes, or a Dask cluster on the host's machine. On Dask (whose
+        ``initializer=`` runs once per worker process, not per thread) pass the setup as
+        ``fn``: it runs in one thread of each Dask worker.
     fn
         Called once in each worker after its initializer, e.g. a small call of each kernel
         to compile it; ``None`` only starts the workers and runs their initializers.

@@ -1083,11 +1083,11 @@ _ATTEMPT_SOURCE = "attempt:"
 
 def _drop_senders(suffix: str) -> None:
     """Forget the (flushed) senders of a finished attempt: one per attempt, not per process."""
-    from .. import _events
+    from .._events import _sender
 
-    with _events._SENDERS_LOCK:
-        for key in [k for k in _events._SENDERS if k.endswith(suffix)]:
-            del _events._SENDERS[key]
+    with _sender._SENDERS_LOCK:
+        for key in [k for k in _sender._SENDERS if k.endswith(suffix)]:
+            del _sender._SENDERS[key]
 
 
 class _AttemptEvents:
@@ -1214,14 +1214,13 @@ _PLAIN_GLOBALS = frozenset({
 
 
 def _plain_globals() -> frozenset[tuple[str, str]]:
-    from .. import _events
+    from .._events import _sender
+    from .._events._context import AliasEvent, AnonymousEvent
 
-    extra = {
-        (obj.__module__, name)
-        for name in ("AnonymousEvent", "AliasEvent", "_Unpicklable")
-        if (obj := getattr(_events, name, None)) is not None
-    }
-    return _PLAIN_GLOBALS | extra
+    keys = {(cls.__module__, cls.__qualname__) for cls in (AnonymousEvent, AliasEvent)}
+    # The report of an event a worker could not pickle is a module-level instance.
+    keys.add((type(_sender._Unpicklable).__module__, "_Unpicklable"))
+    return _PLAIN_GLOBALS | frozenset(keys)
 
 
 class _PlainUnpickler(pickle.Unpickler):
