@@ -33,7 +33,7 @@ report = importlib.import_module("benchmarks._report")
 EXPECTED_VARIANTS = {
     "cpu_map": [
         "serial", "mepa-process", "mepa-process-plain-heap", "mepa-thread", "ceiling", "loky",
-        "joblib", "dask", "mpire",
+        "joblib", "dask", "mpire", "ray-by-hand", "mepa-ray",
     ],
     "memory_map": [
         "serial", "mepa-process", "mepa-process-plain-heap", "mepa-thread", "ceiling", "loky",
@@ -55,9 +55,14 @@ EXPECTED_VARIANTS = {
         "mpire",
         "dask-client-map",
         "mepa-dask",
+        "ray-by-hand",
+        "mepa-ray",
     ],
     "dask_arrays": ["scatter-submit-gather", "dask-array", "mepa-dask"],
-    "events": ["mepa-process", "manager-queue", "simple-queue", "progress-off", "progress-on"],
+    "events": [
+        "mepa-process", "manager-queue", "simple-queue", "ray-queue", "mepa-ray", "progress-off",
+        "progress-on",
+    ],
     "startup": [
         "python-pass",
         "import-mepa",

@@ -11,6 +11,7 @@ import contextlib
 import importlib
 import logging
 import os
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -34,6 +35,7 @@ __all__ = [
     "mepa_pids",
     "mpire_pool",
     "probe_count",
+    "ray_session",
     "stop_mepa_worker_pools",
     "stop_process",
     "timed_once",
@@ -42,7 +44,7 @@ __all__ = [
 #: The checkout holding ``mepa/`` and ``benchmarks/``; put on ``PYTHONPATH`` for subprocesses.
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-MepaKind = str  # "process" | "process-plain-heap" | "thread" | "dask" | "linear"
+MepaKind = str  # "process" | "process-plain-heap" | "thread" | "dask" | "ray" | "linear"
 
 
 def probe_count(workers: int) -> int:
@@ -76,8 +78,10 @@ def mepa_executor(stack: contextlib.ExitStack, kind: MepaKind, workers: int) -> 
         ex = mepa_attr("DaskExecutor")(n_workers=workers)
     elif kind == "linear":
         ex = mepa_attr("LinearExecutor")()
+    elif kind == "ray":  # on the group's local Ray, shared with Ray written by hand
+        ex = mepa_attr("RayExecutor")(ray_session(stack, workers), n_workers=workers)
     else:
-        raise ValueError(f"kind must be process, thread, dask or linear, got {kind!r}")
+        raise ValueError(f"kind must be process, thread, dask, ray or linear, got {kind!r}")
     return stack.enter_context(ex)
 
 
@@ -224,6 +228,54 @@ def dask_client(stack: contextlib.ExitStack, workers: int) -> Any:
     client = Client(cluster, set_as_default=False)
     stack.callback(_quietly, client.close)
     return client
+
+
+class _RaySession:
+    """One local Ray (127.0.0.1, its own temporary directory) for the Ray variants of a group.
+
+    Ray allows one connection per process, so mepa's ``RayExecutor`` and Ray written by hand
+    share it: the first user starts it (untimed, some seconds), the last one's ``ExitStack``
+    stops it. A group's baseline lives for the whole group, so one Ray serves all its pairs.
+    It offers ``2 * workers`` CPUs: the executor's actors hold one each while they live, and
+    the hand-written tasks (one CPU each) of the baseline timed next to them need ``workers``.
+    """
+
+    def __init__(self) -> None:
+        self.users = 0
+        self.address = ""
+        self.temp_dir: str | None = None
+
+    def enter(self, stack: contextlib.ExitStack, workers: int) -> str:
+        if self.users == 0:
+            from mepa._executors._ray import start_local_ray
+
+            self.temp_dir = tempfile.mkdtemp(prefix="mepa-ray-bench-")
+            self.users += 1  # stopped below even if it failed halfway
+            stack.callback(self._exit)
+            self.address = start_local_ray(2 * workers, self.temp_dir)
+            return self.address
+        self.users += 1
+        stack.callback(self._exit)
+        return self.address
+
+    def _exit(self) -> None:
+        self.users -= 1
+        if self.users == 0:
+            from mepa._executors._ray import stop_local_ray
+
+            temp_dir, self.temp_dir = self.temp_dir, None
+            stop_local_ray(temp_dir)
+
+
+_RAY = _RaySession()
+
+
+def ray_session(stack: contextlib.ExitStack, workers: int) -> str:
+    """The address of the local Ray of ``workers`` CPUs this process is connected to.
+
+    Started by its first user, stopped when the last ``stack`` using it closes.
+    """
+    return _RAY.enter(stack, workers)
 
 
 def _quietly(close: Callable[[], object]) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .._harness import Group, Prepared, RunConfig, Scenario, ScenarioPlan, Variant
@@ -65,13 +66,18 @@ def _build(config: RunConfig) -> ScenarioPlan:
     def serial(stack: contextlib.ExitStack) -> Prepared:
         return Prepared(call=lambda: [k.inc(i) for i in items], check=c.equal_check(expected))
 
-    def mepa_process(stack: contextlib.ExitStack) -> Prepared:
-        ex = c.mepa_executor(stack, "process", w)
-        return Prepared(
-            call=lambda: list(ex.map(k.inc, items)),
-            check=c.equal_check(expected),
-            pids=c.mepa_pids(ex, w),
-        )
+    def mepa_map(kind: str, values: list[int]) -> Callable[[contextlib.ExitStack], Prepared]:
+        """``list(ex.map(inc, values))`` on a mepa executor of ``kind``."""
+
+        def setup(stack: contextlib.ExitStack) -> Prepared:
+            ex = c.mepa_executor(stack, kind, w)
+            return Prepared(
+                call=lambda: list(ex.map(k.inc, values)),
+                check=c.equal_check([i + 1 for i in values]),
+                pids=c.mepa_pids(ex, w),
+            )
+
+        return setup
 
     def loky(stack: contextlib.ExitStack) -> Prepared:
         ex = c.loky_executor(stack, w)
@@ -112,6 +118,16 @@ def _build(config: RunConfig) -> ScenarioPlan:
 
         return Prepared(call=run, check=c.equal_check(dask_expected), pids=c.dask_pids(client))
 
+    def ray_by_hand(stack: contextlib.ExitStack) -> Prepared:
+        import ray
+
+        c.ray_session(stack, w)
+        remote = ray.remote(num_cpus=1)(k.inc)
+        return Prepared(
+            call=lambda: ray.get([remote.remote(i) for i in dask_items]),
+            check=c.equal_check(dask_expected),
+        )
+
     def mepa_dask(stack: contextlib.ExitStack) -> Prepared:
         ex = c.mepa_executor(stack, "dask", w)
         return Prepared(
@@ -130,7 +146,7 @@ def _build(config: RunConfig) -> ScenarioPlan:
                 Variant(
                     "mepa-process",
                     "mepa",
-                    mepa_process,
+                    mepa_map("process", items),
                     f"mepa ProcessExecutor({w}).map",
                     items=n,
                 ),
@@ -182,6 +198,30 @@ def _build(config: RunConfig) -> ScenarioPlan:
                 ),
             ),
         ),
+        Group(
+            name="ray",
+            timed=timed,
+            baseline="ray-by-hand",
+            unit="tasks",
+            variants=(
+                Variant(
+                    "ray-by-hand",
+                    "competitor",
+                    ray_by_hand,
+                    "ray.get([f.remote(i) for i in items]), @ray.remote f, one task per item",
+                    requires=("ray",),
+                    items=n_dask,
+                ),
+                Variant(
+                    "mepa-ray",
+                    "mepa",
+                    mepa_map("ray", dask_items),
+                    f"mepa RayExecutor(n_workers={w}).map on the same local Ray",
+                    requires=("ray",),
+                    items=n_dask,
+                ),
+            ),
+        ),
     ]
     return ScenarioPlan(
         params={"items": n, "dask_items": n_dask, "workers": w, "task": "inc(i) = i + 1"},
@@ -194,6 +234,11 @@ def _build(config: RunConfig) -> ScenarioPlan:
             (
                 "The Dask group has no baseline: each variant runs with its own cluster alone, "
                 "and the target compares the medians of the two blocks."
+            ),
+            (
+                "The Ray group maps the Dask group's items on one local Ray: mepa's "
+                "RayExecutor timed in pairs with Ray's own one task per item; skipped when Ray "
+                "is not installed."
             ),
         ],
         targets=[

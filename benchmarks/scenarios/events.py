@@ -106,21 +106,27 @@ def _build(config: RunConfig) -> ScenarioPlan:
     w = config.workers
     per = config.size(100_000, 5_000)
     per_manager = min(per, config.size(20_000, 2_000))
+    per_ray = min(per, config.size(2_000, 200))  # by hand, each event is an actor call
     n_progress = config.size(1_000_000, 20_000)
     progress_items = [n_progress // w + (i < n_progress % w) for i in range(w)]
     spawn = multiprocessing.get_context("spawn")
 
-    def mepa_events(stack: contextlib.ExitStack) -> Prepared:
-        ex = c.mepa_executor(stack, "process", w)
-        counter = EventCounter()
-        ctx = ex.register(counter)
+    def mepa_events(kind: str, n: int) -> Callable[[contextlib.ExitStack], Prepared]:
+        """Each of the ``w`` tasks of a mepa executor of ``kind`` fires ``n`` events."""
 
-        def run() -> int:
-            counter.reset(per * w)
-            list(ex.map(k.fire_events, [(ctx, per)] * w))
-            return counter.wait()
+        def setup(stack: contextlib.ExitStack) -> Prepared:
+            ex = c.mepa_executor(stack, kind, w)
+            counter = EventCounter()
+            ctx = ex.register(counter)
 
-        return Prepared(call=run, check=_count_check(per * w), pids=c.mepa_pids(ex, w))
+            def run() -> int:
+                counter.reset(n * w)
+                list(ex.map(k.fire_events, [(ctx, n)] * w))
+                return counter.wait()
+
+            return Prepared(call=run, check=_count_check(n * w), pids=c.mepa_pids(ex, w))
+
+        return setup
 
     def pool(stack: contextlib.ExitStack, **kwargs: Any) -> concurrent.futures.ProcessPoolExecutor:
         ex = concurrent.futures.ProcessPoolExecutor(w, mp_context=spawn, **kwargs)
@@ -166,6 +172,23 @@ def _build(config: RunConfig) -> ScenarioPlan:
             pids=lambda: list(ex.map(k.slow_getpid, range(c.probe_count(w)))),
         )
 
+    def ray_queue(stack: contextlib.ExitStack) -> Prepared:
+        import ray
+        from ray.util.queue import Queue
+
+        c.ray_session(stack, w)
+        queue = Queue(actor_options={"num_cpus": 0})
+        stack.callback(queue.shutdown)
+        counter = _reader(stack, queue.get, lambda: queue.put(None))
+        remote = ray.remote(num_cpus=1)(k.put_events)
+
+        def run() -> int:
+            counter.reset(per_ray * w)
+            ray.get([remote.remote((queue, per_ray)) for _ in range(w)])
+            return counter.wait()
+
+        return Prepared(call=run, check=_count_check(per_ray * w))
+
     def progress(with_updates: bool) -> Callable[[contextlib.ExitStack], Prepared]:
         def setup(stack: contextlib.ExitStack) -> Prepared:
             ex = c.mepa_executor(stack, "process", w)
@@ -192,7 +215,7 @@ def _build(config: RunConfig) -> ScenarioPlan:
                 Variant(
                     "mepa-process",
                     "mepa",
-                    mepa_events,
+                    mepa_events("process", per),
                     f"mepa ProcessExecutor({w}): ctx = ex.register(cb); ctx.fire(1) in tasks",
                     items=per * w,
                 ),
@@ -209,6 +232,34 @@ def _build(config: RunConfig) -> ScenarioPlan:
                     simple_queue,
                     "multiprocessing.SimpleQueue inherited by the workers, host thread gets",
                     items=per * w,
+                ),
+            ),
+        ),
+        Group(
+            name="ray",
+            timed=(
+                "submit the firing tasks until the host has counted every event; the local "
+                "Ray, the executor, queue and reader thread created before timing"
+            ),
+            baseline="ray-queue",
+            unit="events",
+            variants=(
+                Variant(
+                    "ray-queue",
+                    "competitor",
+                    ray_queue,
+                    f"ray.util.queue.Queue, {per_ray} put() per @ray.remote task, host thread "
+                    "get()s",
+                    requires=("ray",),
+                    items=per_ray * w,
+                ),
+                Variant(
+                    "mepa-ray",
+                    "mepa",
+                    mepa_events("ray", per_ray),
+                    f"mepa RayExecutor(n_workers={w}): ctx.fire(1) in tasks, same local Ray",
+                    requires=("ray",),
+                    items=per_ray * w,
                 ),
             ),
         ),
@@ -244,6 +295,7 @@ def _build(config: RunConfig) -> ScenarioPlan:
         params={
             "events_per_worker": per,
             "manager_queue_events_per_worker": per_manager,
+            "ray_events_per_worker": per_ray,
             "progress_elements": n_progress,
             "work_per_element": f"{k.LCG_STEPS} LCG steps",
             "workers": w,
@@ -264,6 +316,10 @@ def _build(config: RunConfig) -> ScenarioPlan:
             (
                 "The Manager queue carries fewer events per call (one round trip to the manager "
                 "process per put and per get); compare rates, not times."
+            ),
+            (
+                "Ray group: mepa's RayExecutor timed in pairs with Ray's own queue written by "
+                "hand, the same events on one local Ray; skipped when Ray is not installed."
             ),
         ],
     )

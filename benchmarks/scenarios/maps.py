@@ -24,7 +24,7 @@ from .._stats import Target
 from . import _common as c
 from . import _kernels as k
 
-__all__ = ["CPU_MAP", "MEMORY_MAP", "map_variants"]
+__all__ = ["CPU_MAP", "MEMORY_MAP", "map_variants", "ray_map_group"]
 
 Kernel = Callable[[k.FloatArray], k.FloatArray]
 
@@ -32,6 +32,12 @@ TIMED = (
     "one full pass over x: split, send chunks, compute, collect, join into one array in "
     "original order (mepa: arrange + distribute + gather + reassemble). Pools, the Dask "
     "cluster and x itself are created before timing."
+)
+
+
+RAY_NOTE = (
+    "Ray group: mepa's RayExecutor timed in pairs with Ray written by hand (ray.put + "
+    "@ray.remote), both on one local Ray of the group; skipped when Ray is not installed."
 )
 
 
@@ -193,8 +199,62 @@ def map_variants(x: k.FloatArray, kernel: Kernel, config: RunConfig) -> tuple[Va
     )
 
 
+def ray_map_group(x: k.FloatArray, kernel: Kernel, config: RunConfig) -> Group:
+    """mepa's ``RayExecutor`` against Ray written by hand, on one local Ray.
+
+    By hand is Ray's own idiom: ``ray.put`` each ``np.array_split`` chunk, one
+    ``@ray.remote`` task per chunk, ``ray.get`` and ``np.concatenate``. It is the baseline,
+    so mepa's variant is timed in pairs with it on the same Ray (skipped without Ray).
+    """
+    w = config.workers
+    check = c.allclose_check(lambda: kernel(x))
+
+    def by_hand(stack: contextlib.ExitStack) -> Prepared:
+        import ray
+
+        c.ray_session(stack, w)
+        remote = ray.remote(num_cpus=1)(kernel)
+
+        def run() -> np.ndarray:
+            refs = [remote.remote(ray.put(chunk)) for chunk in np.array_split(x, w)]
+            return np.concatenate(ray.get(refs))
+
+        return Prepared(call=run, check=check)
+
+    def mepa_ray(stack: contextlib.ExitStack) -> Prepared:
+        ex = c.mepa_executor(stack, "ray", w)
+
+        def run() -> Any:
+            alloc = ex.arrange(x, shuffle=False)
+            return alloc.reassemble(ex.gather(ex.distribute(kernel, alloc)))
+
+        return Prepared(call=run, check=check, pids=c.mepa_pids(ex, w))
+
+    return Group(
+        name="ray",
+        timed=TIMED.replace("the Dask cluster", "the local Ray"),
+        baseline="ray-by-hand",
+        variants=(
+            Variant(
+                "ray-by-hand",
+                "competitor",
+                by_hand,
+                f"ray.put per chunk + @ray.remote task per chunk ({w}), ray.get, concatenate",
+                requires=("ray",),
+            ),
+            Variant(
+                "mepa-ray",
+                "mepa",
+                mepa_ray,
+                f"mepa RayExecutor(n_workers={w}) on the same local Ray",
+                requires=("ray",),
+            ),
+        ),
+    )
+
+
 def _build(
-    kernel: Kernel, full: int, quick: int, targets: list[Target]
+    kernel: Kernel, full: int, quick: int, targets: list[Target], with_ray: bool = False
 ) -> Callable[[RunConfig], ScenarioPlan]:
     def build(config: RunConfig) -> ScenarioPlan:
         n = config.size(full, quick)
@@ -208,10 +268,12 @@ def _build(
             # 5 pairs leave the median ratio about 0.15x uncertain, against targets like 1.8x.
             repeat_scale=3,
         )
+        groups = [group, ray_map_group(x, kernel, config)] if with_ray else [group]
         return ScenarioPlan(
             params={"n": n, "dtype": "float64", "bytes": int(x.nbytes), "workers": config.workers},
-            groups=[group],
+            groups=groups,
             targets=targets,
+            notes=[RAY_NOTE] if with_ray else [],
         )
 
     return build
@@ -232,6 +294,7 @@ CPU_MAP = Scenario(
             Target("process >= 1.8x serial", "speedup", "mepa-process", 1.8, reference="serial"),
             Target("thread >= 1.8x serial", "speedup", "mepa-thread", 1.8, reference="serial"),
         ],
+        with_ray=True,
     ),
 )
 
