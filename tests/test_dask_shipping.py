@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -76,3 +77,178 @@ def test_a_module_the_host_imports_from_elsewhere_gets_a_hint(cluster, tmp_path,
             assert ex.submit_and_gather(module.half, 4) == 2.0
     finally:
         sys.modules.pop("not_shipped_mod", None)
+
+
+# ---------------------------------------------------------------------------- a real package
+
+TASKS_PY = '''\
+import importlib
+import json
+import threading
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+LOCK = threading.Lock()
+TABLE = np.arange(4_000_000, dtype=np.float64)  # 32 MB, built when the module is imported
+
+
+class Slotted:
+    __slots__ = ("a", "b")
+
+    def __init__(self, a, b):
+        self.a = a
+        self.b = b
+
+
+def import_inside():
+    import shipkit.lazy
+    import shipkit_sidecar
+
+    deep = importlib.import_module("shipkit.sub.deep")
+    return shipkit.lazy.VALUE, deep.VALUE, shipkit_sidecar.VALUE
+
+
+def read_data():
+    via_resources = json.loads(resources.files("shipkit").joinpath("data.json").read_text())
+    via_file = json.loads((Path(__file__).parent / "data.json").read_text())
+    return via_resources, via_file
+
+
+def make_slotted(a, b):
+    return Slotted(a, b)
+
+
+def locked_add(a, b):
+    with LOCK:
+        return a + b
+
+
+def lookup(i):
+    return float(TABLE[i])
+
+
+def fail_here():
+    raise ValueError("failed in shipkit")
+'''
+
+FAIL_LINE = 49
+
+EXT_INIT_PY = '''\
+from ._bisect import bisect_right  # a copy of the standard library's compiled _bisect
+
+
+def position(x):
+    return bisect_right([1, 5, 9], x)
+'''
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """``shipkit`` (imported by the host) and ``shipkit_sidecar`` (never imported by it)."""
+    root = tmp_path_factory.mktemp("project")
+    package = root / "shipkit"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "tasks.py").write_text(TASKS_PY)
+    (package / "lazy.py").write_text("VALUE = 'lazy'\n")
+    (package / "sub" / "__init__.py").write_text("")
+    (package / "sub" / "deep.py").write_text("VALUE = 'deep'\n")
+    (package / "data.json").write_text('{"answer": 42}')
+    (root / "shipkit_sidecar").mkdir()
+    (root / "shipkit_sidecar" / "__init__.py").write_text("VALUE = 'sidecar'\n")
+    sys.path.insert(0, str(root))
+    try:
+        yield root
+    finally:
+        sys.path.remove(str(root))
+        for name in list(sys.modules):
+            if name.split(".")[0] in ("shipkit", "shipkit_sidecar", "extkit"):
+                del sys.modules[name]
+
+
+@pytest.fixture(scope="module")
+def tasks(project):
+    import importlib
+
+    return importlib.import_module("shipkit.tasks")
+
+
+@pytest.fixture(scope="module")
+def shipping(cluster, project, tasks):
+    from mepa._executors._dask import DaskExecutor
+
+    with DaskExecutor(cluster.address, extra_paths=[project]) as ex:
+        yield ex
+
+
+def test_imports_inside_a_task_reach_modules_the_host_never_imported(shipping, tasks):
+    assert "shipkit.lazy" not in sys.modules
+    assert "shipkit_sidecar" not in sys.modules
+    assert shipping.submit_and_gather(tasks.import_inside) == ("lazy", "deep", "sidecar")
+
+
+def test_data_files_next_to_modules_are_shipped(shipping, tasks):
+    assert shipping.submit_and_gather(tasks.read_data) == ({"answer": 42}, {"answer": 42})
+
+
+def test_slots_classes_come_back_to_the_host(shipping, tasks):
+    out = shipping.submit_and_gather(tasks.make_slotted, 1, "b")
+    assert type(out) is tasks.Slotted
+    assert (out.a, out.b) == (1, "b")
+
+
+def test_a_module_level_lock_does_not_stop_the_task(shipping, tasks):
+    assert shipping.gather([shipping.submit(tasks.locked_add, i, 1) for i in range(4)]) == [
+        1, 2, 3, 4
+    ]
+
+
+def test_module_level_data_travels_once_per_worker_not_with_every_task(shipping, tasks, cluster):
+    from mepa import _dask_shipping
+
+    futures = [shipping.submit(tasks.lookup, i) for i in range(16)]
+    assert shipping.gather(futures) == [float(i) for i in range(16)]
+    # what each task carried: a reference to shipkit.tasks.lookup, not its 32 MB table
+    sizes = [len(shipping._dask_futures[f].payload) for f in futures]
+    assert max(sizes) < 4096, sizes
+    futures = [shipping.submit(tasks.lookup, i) for i in range(16, 32)]
+    assert shipping.gather(futures) == [float(i) for i in range(16, 32)]
+    # what the workers received: each got the code once, whatever its number of tasks
+    stats = cluster._client.run(_dask_shipping.received)
+    assert len(stats) == 2
+    code = shipping._dask_futures[futures[0]].code
+    assert code.nbytes < 4_000_000  # the sources, not the table they build
+    for address, seen in stats.items():
+        assert seen["bundles"].get(code.digest, 0) <= 1, (address, seen)
+    assert sum(seen["bundles"].get(code.digest, 0) for seen in stats.values()) >= 1
+
+
+def test_remote_tracebacks_name_the_shipped_file_and_line(shipping, tasks):
+    with pytest.raises(ValueError, match="failed in shipkit") as info:
+        shipping.submit_and_gather(tasks.fail_here)
+    remote = str(info.value.__cause__)
+    assert f'shipkit/tasks.py", line {FAIL_LINE}, in fail_here' in remote, remote
+    assert 'raise ValueError("failed in shipkit")' in remote
+    assert "<dynamic-code>" not in remote
+
+
+def test_a_package_with_a_compiled_extension_must_be_installed_on_the_workers(
+    shipping, project
+):
+    import _bisect
+    import importlib
+    import shutil
+
+    package = project / "extkit"
+    package.mkdir()
+    (package / "__init__.py").write_text(EXT_INIT_PY)
+    shutil.copy(_bisect.__file__, package / Path(_bisect.__file__).name)
+    extkit = importlib.import_module("extkit")
+    assert extkit.position(6) == 2
+    with pytest.raises(ModuleNotFoundError, match="extkit") as info:
+        shipping.submit_and_gather(extkit.position, 6)
+    notes = "\n".join(getattr(info.value, "__notes__", []))
+    assert "compiled extension" in notes
+    assert "install the package on every Dask worker" in notes

@@ -5,10 +5,10 @@
     host                                  scheduler                      Dask worker
     ────                                  ─────────                      ───────────
     submit(fn, *args)
-      user's modules by value ─┐
-      futures ─▶ Slot(i)       ├─▶ payload bytes
-      big arrays ─▶ scatter ───┘
-      client.submit(run_shipped, payload, *dask_futures,
+      user's code ─▶ CodeBundle, published once per version ─────────▶ fetched once, imported
+      futures ─▶ Slot(i)       ┐
+      big arrays ─▶ scatter ───┴─▶ payload bytes
+      client.submit(run_shipped, payload, code_ref, *dask_futures,
                     workers=[address], allow_other_workers=True)  (when pinned)
                                           unpickles run_shipped + bytes
                                                                      run_shipped → run_task(fn)
@@ -55,6 +55,8 @@ import numpy as np
 from distributed.scheduler import KilledWorker
 
 from .._dask_shipping import (
+    CodeBundle,
+    CodeRef,
     LocalModules,
     Slot,
     TaskExit,
@@ -177,8 +179,9 @@ class DaskExecutor(Executor):
         A :class:`distributed.security.Security` for TLS, e.g. ``Security.temporary()`` for an
         embedded cluster, or one built from certificate files for a ``tls://`` scheduler.
     upload_modules
-        Ship the user's own modules with every task (see Notes). ``False`` sends tasks with
-        plain cloudpickle: functions must then be importable on the scheduler and workers.
+        Ship the user's own code to the workers, once per version (see Notes). ``False``
+        sends tasks with plain cloudpickle: functions must then be importable on the scheduler
+        and workers.
     extra_paths
         More directories whose modules are shipped, besides the working directory.
     excludes
@@ -226,18 +229,21 @@ class DaskExecutor(Executor):
     worker. ``sys.exit()`` in a task sets :class:`SystemExit` on its future. Results are fetched
     by the executor's own threads, in parallel, never on Dask's callback thread.
 
-    *Code shipping.* Modules imported from the working directory or ``extra_paths`` (never the
-    standard library, ``site-packages``, a virtual environment or mepa) are pickled by value
-    into every task, which Dask sees as a mepa function and a ``bytes`` payload. The scheduler
-    thus needs only mepa, workers that join later get the code with their first task, and edits
-    between runs are picked up. Limits: classes sent by value are rebuilt on the worker (results
-    come back as the host's class, but ``isinstance`` on the worker against a class imported
-    there differently is false); module-level state is sent as it was at submit time and a
-    task's changes to it stay on its worker; extension modules of the project cannot be
-    shipped; futures nested inside arbitrary objects (not lists, tuples or dicts) are not
-    resolved by Dask. Arguments travel through the scheduler inside the payload: NumPy arrays
-    of at least :data:`SCATTER_BYTES` are scattered automatically, other big data should go
-    through :meth:`scatter`.
+    *Code shipping.* The code importable from the working directory, the script's directory,
+    ``extra_paths`` and the directories the user's modules were imported from (top-level
+    modules, and package directories whole, data files included; never the standard library,
+    ``site-packages``, a virtual environment, mepa, ``excludes`` or packages holding compiled
+    extensions) is published on the scheduler once per version (a SHA-256 of the files) and
+    fetched once by each worker, which writes the files and imports the modules from them, as
+    a process worker would: imports inside tasks, ``importlib.resources``, module-level locks
+    and big tables, ``__slots__`` classes and tracebacks with file and line all work. A task
+    carries only a mepa function, a ``bytes`` payload (functions of modules by reference) and
+    a reference to its code version, so the scheduler needs only mepa, workers that join later
+    fetch the code with their first task, and edits between runs are picked up. Functions of
+    the main script travel as code with every task; futures nested inside arbitrary objects
+    (not lists, tuples or dicts) are not resolved by Dask. Arguments travel through the
+    scheduler inside the payload: NumPy arrays of at least :data:`SCATTER_BYTES` are scattered
+    automatically, other big data should go through :meth:`scatter`.
 
     *Events.* Workers send batches of events with ``Worker.log_event`` on a topic of their own;
     the executor subscribes with ``Client.subscribe_topic`` and hands each batch to the hub's
@@ -365,6 +371,8 @@ class DaskExecutor(Executor):
             weakref.WeakKeyDictionary()
         )
         self._dask_lock = threading.Lock()
+        self._code: set[str] = set()  # the datasets holding this executor's code versions
+        self._code_id = uuid.uuid4().hex[:12]
         self._topics: list[str] = []
         self._rejected = 0
         self._decoded = {"plain": 0, "pickle": 0}
@@ -568,10 +576,10 @@ class DaskExecutor(Executor):
 
         task_args = tree_map(to_slot, call.args)
         task_kwargs = tree_map(to_slot, call.kwargs)
-        names = self._modules.names() if self._modules is not None else ()
+        code = self._modules.bundle() if self._modules is not None else None
         try:
             fn_sent = call.fn if call.split is None else call.split
-            payload = dumps_shipped((fn_sent, task_args, task_kwargs), names)
+            payload = dumps_shipped((fn_sent, task_args, task_kwargs))
         except Exception as exc:
             error = SerializationError(
                 f"the task {_funcname(call.fn)} or its arguments could not be pickled: {exc}; "
@@ -580,7 +588,7 @@ class DaskExecutor(Executor):
             )
             raise error from exc
         address = None if worker is None else self._addresses.get(worker.name)
-        task = _DaskTask(self, _funcname(call.fn), payload, sources, address)
+        task = _DaskTask(self, _funcname(call.fn), payload, sources, address, code)
         task.launch()
         if call.future is not None:
             with self._dask_lock:
@@ -597,6 +605,20 @@ class DaskExecutor(Executor):
             except (KeyError, ValueError):  # the worker left since the list was read
                 self._live.discard(address)
         return list(self._client.scatter(values, hash=False))
+
+    def _code_ref(self, bundle: CodeBundle | None) -> CodeRef | None:
+        """The reference a task carries to ``bundle``, published on the scheduler once per
+        version (a dataset: it needs no worker, and outlives any of them)."""
+        if bundle is None:
+            return None
+        name = f"mepa-code-{bundle.digest[:20]}-{self._code_id}"
+        with self._dask_lock:
+            known = name in self._code
+        if not known:
+            self._client.publish_dataset(bundle, name=name, override=True)
+            with self._dask_lock:
+                self._code.add(name)
+        return CodeRef(bundle.digest, name)
 
     def _pin(self, address: str | None) -> dict[str, Any]:
         if address is None or address == _PENDING_WORKER:
@@ -687,6 +709,11 @@ class DaskExecutor(Executor):
         if setup is not None and self._cluster is None:
             with contextlib.suppress(Exception):  # a cluster that stays: no more initializer
                 self._client.unregister_worker_plugin(f"mepa-initializer-{setup.ident}")
+        with self._dask_lock:
+            code, self._code = self._code, set()
+        for name in code:
+            with contextlib.suppress(Exception):
+                self._client.unpublish_dataset(name)
         topics, self._topics = self._topics, []
         for topic in topics:
             with contextlib.suppress(Exception):
@@ -844,12 +871,13 @@ class _DaskTask(BridgeFuture):
 
     def __init__(
         self, executor: DaskExecutor, name: str, payload: bytes, sources: list[Any],
-        address: str | None,
+        address: str | None, code: CodeBundle | None = None,
     ) -> None:
         super().__init__(cancel_remote=None)
         self._executor = executor
         self.name = name
         self.payload = payload
+        self.code = code
         self.sources: list[Any] | None = sources
         self.address = address
         self.attempts = 0
@@ -870,7 +898,7 @@ class _DaskTask(BridgeFuture):
                 values[i] = future
         self.attempts += 1
         dask_future = ex._client.submit(
-            run_dask_task, ex._setup, self.ident, self.payload, *values,
+            run_dask_task, ex._setup, self.ident, self.payload, ex._code_ref(self.code), *values,
             key=f"{self.name}-{uuid.uuid4().hex}", pure=False, **ex._pin(self.address),
         )
         self._values = values
@@ -1044,7 +1072,7 @@ def _is_executing(key: str, dask_worker: Any = None) -> bool:
 
 
 def run_dask_task(
-    setup: _WorkerSetup | None, ident: str, payload: bytes, *values: Any
+    setup: _WorkerSetup | None, ident: str, payload: bytes, code: CodeRef | None, *values: Any
 ) -> Any:
     """Worker side: the function every Dask task of the executor runs.
 
@@ -1059,7 +1087,7 @@ def run_dask_task(
     ident
         The task's id: its events are sent by a sender of this attempt (see
         :class:`_AttemptEvents`).
-    payload, *values
+    payload, code, *values
         As for :func:`~mepa._dask_shipping.run_shipped`.
     """
     if setup is not None:
@@ -1067,7 +1095,7 @@ def run_dask_task(
     attempt = (ident, uuid.uuid4().hex[:12])
     reset = _ATTEMPT.set(attempt)
     try:
-        return run_kept(run_shipped, payload, *values)
+        return run_kept(run_shipped, payload, code, *values)
     finally:
         _ATTEMPT.reset(reset)
         _drop_senders(f"@{attempt[0]}.{attempt[1]}")
