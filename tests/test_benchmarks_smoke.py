@@ -33,7 +33,7 @@ report = importlib.import_module("benchmarks._report")
 EXPECTED_VARIANTS = {
     "cpu_map": [
         "serial", "mepa-process", "mepa-process-plain-heap", "mepa-thread", "ceiling", "loky",
-        "joblib", "dask", "mpire", "ray-by-hand", "mepa-ray",
+        "joblib", "dask", "mpire", "mepa-dask", "dask-by-hand", "ray-by-hand", "mepa-ray",
     ],
     "memory_map": [
         "serial", "mepa-process", "mepa-process-plain-heap", "mepa-thread", "ceiling", "loky",
@@ -73,7 +73,8 @@ EXPECTED_VARIANTS = {
         "loky-first-task",
     ],
     "demo": [
-        "magnetic-serial", "magnetic-mepa", "magnetic-joblib", "pi-serial", "pi-mepa", "pi-joblib",
+        "magnetic-serial", "magnetic-mepa", "magnetic-joblib", "magnetic-mepa-dask",
+        "magnetic-dask", "pi-serial", "pi-mepa", "pi-joblib", "pi-mepa-dask", "pi-dask",
     ],
     "numba_kernel": [
         "serial", "numba-parallel", "mepa-thread", "mepa-process", "harmonica", "choclo",

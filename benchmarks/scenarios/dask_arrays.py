@@ -81,19 +81,9 @@ def _build(config: RunConfig) -> ScenarioPlan:
     def by_hand(stack: contextlib.ExitStack) -> Prepared:
         client = shared.client(stack)
         x = data()
-        addresses = sorted(client.scheduler_info(n_workers=-1)["workers"])
 
         def run() -> Any:
-            parts = np.array_split(x, len(addresses))
-            placed = [
-                client.scatter(p, workers=[a], hash=False)
-                for p, a in zip(parts, addresses, strict=True)
-            ]
-            results = [
-                client.submit(affine, f, workers=[a], pure=False)
-                for f, a in zip(placed, addresses, strict=True)
-            ]
-            return np.concatenate(client.gather(results))
+            return c.dask_scatter_submit_gather(client, affine, x)
 
         return Prepared(call=run, check=c.allclose_check(expected), pids=c.dask_pids(client))
 

@@ -50,6 +50,11 @@ def _pi_joblib(parallel: Any, p: dict[str, int]) -> float:
     return 4.0 * hits / (p["chunks"] * p["per_chunk"])
 
 
+def _pi_dask(client: Any, p: dict[str, int]) -> float:
+    futures = client.map(pi_chunk, range(p["chunks"]), [p["per_chunk"]] * p["chunks"], pure=False)
+    return 4.0 * sum(client.gather(futures)) / (p["chunks"] * p["per_chunk"])
+
+
 def _pi_mepa(demo: Any, ex: Any, p: dict[str, int]) -> float:
     del demo  # the same Monte Carlo kernel, through mepa's map
     hits = sum(ex.map(pi_chunk, range(p["chunks"]), [p["per_chunk"]] * p["chunks"]))
@@ -95,6 +100,27 @@ def _magnetic_joblib(parallel: Any, p: dict[str, int]) -> object:
     return out
 
 
+def _magnetic_dask(client: Any, p: dict[str, int]) -> object:
+    from mepa._demo import forward
+
+    prob = _problem(p)
+    order = np.random.default_rng(0).permutation(len(prob.receivers))
+    chunks = np.array_split(order, p["workers"])
+    # The shared inputs once to every worker, as a careful Dask user would.
+    cells, moments = client.scatter([prob.cells, prob.moments], broadcast=True, hash=False)
+    futures = [
+        client.submit(
+            forward, prob.receivers[rows], cells, moments, direction=prob.direction,
+            cell_size=prob.cell_size, pure=False,
+        )
+        for rows in chunks
+    ]
+    out = np.empty(len(prob.receivers))
+    for rows, part in zip(chunks, client.gather(futures), strict=True):
+        out[rows] = part
+    return out
+
+
 def _magnetic_mepa(demo: Any, ex: Any, p: dict[str, int]) -> object:
     prob = _problem(p)
     alloc = ex.arrange(prob.receivers, shuffle=True)
@@ -120,8 +146,9 @@ class DemoCase:
         Name of the function in ``mepa._demo``.
     params
         ``params(config)`` gives the sizes (quick or full).
-    serial, joblib_call, mepa_call
-        The three implementations.
+    serial, joblib_call, mepa_call, dask_call
+        The implementations; ``dask_call(client, params)`` is the computation written by hand
+        with Dask futures (mepa's own runs on ``DaskExecutor`` through ``mepa_call``).
     same
         Whether two results agree (Monte Carlo results may differ by seed handling).
     """
@@ -133,6 +160,7 @@ class DemoCase:
     joblib_call: Callable[[Any, dict[str, int]], object]
     mepa_call: Callable[[Any, Any, dict[str, int]], object]
     same: Callable[[object, object], bool]
+    dask_call: Callable[[Any, dict[str, int]], object]
 
 
 CASES: tuple[DemoCase, ...] = (
@@ -144,6 +172,7 @@ CASES: tuple[DemoCase, ...] = (
         joblib_call=_magnetic_joblib,
         mepa_call=_magnetic_mepa,
         same=_same_field,
+        dask_call=_magnetic_dask,
     ),
     DemoCase(
         name="pi",
@@ -153,6 +182,7 @@ CASES: tuple[DemoCase, ...] = (
         joblib_call=_pi_joblib,
         mepa_call=_pi_mepa,
         same=lambda a, b: abs(float(a) - float(b)) < 0.05,  # type: ignore[arg-type]
+        dask_call=_pi_dask,
     ),
 )
 
@@ -204,12 +234,24 @@ def _build(config: RunConfig) -> ScenarioPlan:
 
         def mepa(
             stack: contextlib.ExitStack, case: DemoCase = case, p: dict[str, int] = p,
-            check: Callable[[object], None] = check,
+            check: Callable[[object], None] = check, kind: c.MepaKind = "process",
         ) -> Prepared:
             fn = getattr(demo, case.function)  # AttributeError: recorded as a failure
             del fn
-            ex = c.mepa_executor(stack, "process", w)
+            ex = c.mepa_executor(stack, kind, w)
             return Prepared(call=lambda: case.mepa_call(demo, ex, p), check=check)
+
+        def mepa_dask(
+            stack: contextlib.ExitStack, mepa: Callable[..., Prepared] = mepa
+        ) -> Prepared:
+            return mepa(stack, kind="dask")
+
+        def dask(
+            stack: contextlib.ExitStack, case: DemoCase = case, p: dict[str, int] = p,
+            check: Callable[[object], None] = check,
+        ) -> Prepared:
+            client = c.dask_client(stack, w)
+            return Prepared(call=lambda: case.dask_call(client, p), check=check)
 
         # A missing demo module skips the mepa variant (through ``requires``) with a note.
         variants = (
@@ -232,6 +274,20 @@ def _build(config: RunConfig) -> ScenarioPlan:
                 f"joblib Parallel(n_jobs={w}), same chunks",
                 requires=("joblib",),
             ),
+            Variant(
+                f"{case.name}-mepa-dask",
+                "mepa",
+                mepa_dask,
+                f"the same mepa calls on DaskExecutor(n_workers={w}), its embedded cluster",
+                requires=(DEMO_MODULE, "distributed"),
+            ),
+            Variant(
+                f"{case.name}-dask",
+                "competitor",
+                dask,
+                f"by hand with Dask futures (client.submit, gather), {w}-process LocalCluster",
+                requires=(DEMO_MODULE, "distributed"),
+            ),
         )
         groups.append(
             Group(
@@ -246,10 +302,11 @@ def _build(config: RunConfig) -> ScenarioPlan:
 
 DEMO = Scenario(
     name="demo",
-    title="Demo computations (mepa._demo) against joblib",
+    title="Demo computations (mepa._demo) against joblib and Dask",
     description=(
         "The demo's magnetic forward model at its default size, serial vs mepa vs joblib; and "
-        "a small Monte Carlo through map."
+        "a small Monte Carlo through map. Both also on an embedded Dask cluster "
+        "(DaskExecutor) and written by hand with Dask futures."
     ),
     build=_build,
 )
