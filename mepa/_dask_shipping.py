@@ -307,8 +307,8 @@ class LocalModules:
         """Read (or reuse) the files; the bundle of their contents under a digest."""
         if not entries:
             return None
-        digest = hashlib.sha256()
         files: list[tuple[str, bytes]] = []
+        hashes: list[tuple[str, bytes]] = []
         seen: dict[Path, tuple[tuple[int, int], bytes, bytes]] = {}
         for relative in sorted(entries):
             path = entries[relative]
@@ -323,7 +323,7 @@ class LocalModules:
                 continue  # removed meanwhile
             seen[path] = cached
             files.append((relative, cached[1]))
-            digest.update(relative.encode() + b"\0" + cached[2])
+            hashes.append((relative, cached[2]))
         self._files = seen
         total = sum(len(data) for _, data in files)
         if total > CODE_BYTES_LIMIT:
@@ -339,9 +339,10 @@ class LocalModules:
                 f"{shown}. Move big data files out of the package directories (and load them "
                 "in the tasks), or pass excludes=[...] for packages installed on the workers"
             )
-        if self._last is not None and self._last.digest == digest.hexdigest():
+        digest = _digest(hashes)
+        if self._last is not None and self._last.digest == digest:
             return self._last
-        self._last = CodeBundle(digest.hexdigest(), tuple(files))
+        self._last = CodeBundle(digest, tuple(files))
         return self._last
 
     def _is_local(self, name: str, module: ModuleType, roots: Sequence[Path]) -> bool:
@@ -383,6 +384,14 @@ def _import_root(name: str, module: ModuleType | None) -> Path | None:
     if len(base.parts) <= len(parts) or list(base.parts[-len(parts):]) != parts:
         return None
     return base.parents[len(parts) - 1]
+
+
+def _digest(hashes: Iterable[tuple[str, bytes]]) -> str:
+    """The version of a bundle: SHA-256 over its ``(path, SHA-256 of contents)`` pairs."""
+    digest = hashlib.sha256()
+    for relative, content_hash in hashes:
+        digest.update(relative.encode() + b"\0" + content_hash)
+    return digest.hexdigest()
 
 
 class CodeBundle:
@@ -549,6 +558,8 @@ def _fetch(ref: CodeRef) -> CodeBundle:
         raise CodeLost(ref.digest, f"{type(exc).__name__}: {exc}") from None
     if not isinstance(bundle, CodeBundle) or bundle.digest != ref.digest:
         raise CodeLost(ref.digest, f"the dataset {ref.name!r} holds {type(bundle).__name__}")
+    if _digest((r, hashlib.sha256(data).digest()) for r, data in bundle.files) != ref.digest:
+        raise CodeLost(ref.digest, f"the files in the dataset {ref.name!r} do not match it")
     _received["bundles"][ref.digest] = _received["bundles"].get(ref.digest, 0) + 1
     _received["bundle_bytes"] += bundle.nbytes
     return bundle

@@ -252,3 +252,38 @@ def test_a_package_with_a_compiled_extension_must_be_installed_on_the_workers(
     notes = "\n".join(getattr(info.value, "__notes__", []))
     assert "compiled extension" in notes
     assert "install the package on every Dask worker" in notes
+
+
+def test_the_bundle_holds_packages_whole_and_leaves_out_what_must_not_travel(
+    tmp_path, monkeypatch
+):
+    from mepa._dask_shipping import LocalModules
+
+    (tmp_path / "app.py").write_text("X = 1\n")
+    (tmp_path / "json.py").write_text("SHADOW = True\n")  # a standard library name
+    package = tmp_path / "pkg"
+    for sub in ("__pycache__", ".hidden", "sub"):
+        (package / sub).mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "sub" / "__init__.py").write_text("")
+    (package / "table.csv").write_text("a,b\n1,2\n")
+    (package / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"\0")
+    (package / ".hidden" / "notes.txt").write_text("private")
+    for name in ("compiled", "skipped"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text("")
+    (tmp_path / "compiled" / "_ext.cpython-311-x86_64-linux-gnu.so").write_bytes(b"\x7fELF")
+    (tmp_path / "data").mkdir()  # not a package: never walked
+    (tmp_path / "data" / "big.bin").write_bytes(b"\0" * 1000)
+    monkeypatch.chdir(tmp_path)
+
+    bundle = LocalModules(excludes=["skipped"]).bundle()
+    assert bundle is not None
+    assert [path for path, _ in bundle.files] == [
+        "app.py", "pkg/__init__.py", "pkg/sub/__init__.py", "pkg/table.csv"
+    ]
+    assert dict(bundle.files)["pkg/table.csv"] == b"a,b\n1,2\n"
+    # the same files are the same version; an edit makes a new one
+    assert LocalModules(excludes=["skipped"]).bundle().digest == bundle.digest
+    (tmp_path / "app.py").write_text("X = 2\n")
+    assert LocalModules(excludes=["skipped"]).bundle().digest != bundle.digest

@@ -7,6 +7,7 @@ its shutdown there, so that the pool lives only during its variant's block (see
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib
 import logging
@@ -24,6 +25,7 @@ from . import _kernels as k
 
 __all__ = [
     "REPO_ROOT",
+    "SharedDask",
     "allclose_check",
     "dask_client",
     "dask_pids",
@@ -307,3 +309,55 @@ def dask_scatter_submit_gather(client: Any, fn: Callable[..., Any], x: np.ndarra
         for f, a in zip(placed, addresses, strict=True)
     ]
     return np.concatenate(client.gather(results))
+
+
+class SharedDask:
+    """One Dask cluster for several variants of a group, closed by the last one (or at exit).
+
+    Starting a cluster takes seconds (untimed, but it makes the run long); variants compared
+    on "the same cluster" should share one anyway. Only one variant runs on it at a time.
+
+    Parameters
+    ----------
+    workers
+        Single-thread worker processes.
+    embedded
+        ``True``: the cluster is mepa's own, ``DaskExecutor(n_workers=workers)``, and
+        :meth:`executor` gives that executor. ``False``: a ``LocalCluster`` from
+        :func:`dask_client`.
+    """
+
+    def __init__(self, workers: int, *, embedded: bool = False) -> None:
+        self.workers = workers
+        self.embedded = embedded
+        self._stack = contextlib.ExitStack()
+        self._executor: Any = None
+        self._client: Any = None
+        atexit.register(self.close)
+
+    def _open(self, stack: contextlib.ExitStack, last: bool) -> None:
+        if last:
+            stack.callback(self.close)
+        if self._client is None:
+            if self.embedded:
+                self._executor = mepa_executor(self._stack, "dask", self.workers)
+                self._client = self._executor.client
+            else:
+                self._client = dask_client(self._stack, self.workers)
+
+    def client(self, stack: contextlib.ExitStack, *, last: bool = False) -> Any:
+        """The cluster's client (``last``: close the cluster when ``stack`` closes)."""
+        self._open(stack, last)
+        return self._client
+
+    def executor(self, stack: contextlib.ExitStack, *, last: bool = False) -> Any:
+        """The embedded cluster's ``DaskExecutor`` (``embedded=True`` only)."""
+        if not self.embedded:
+            raise ValueError("executor() needs SharedDask(..., embedded=True)")
+        self._open(stack, last)
+        return self._executor
+
+    def close(self) -> None:
+        self._executor = None
+        self._client = None
+        self._stack.close()

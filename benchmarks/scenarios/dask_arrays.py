@@ -16,7 +16,6 @@ The group has no baseline: the targets compare the medians of the blocks.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 from typing import Any
 
@@ -34,31 +33,10 @@ def affine(x: np.ndarray) -> np.ndarray:
     return x * 2.0 + 1.0
 
 
-class _SharedCluster:
-    """One Dask cluster for the group's variants, closed by the last one (or at exit)."""
-
-    def __init__(self, workers: int) -> None:
-        self.workers = workers
-        self._stack = contextlib.ExitStack()
-        self._client: Any = None
-        atexit.register(self.close)
-
-    def client(self, stack: contextlib.ExitStack, *, last: bool = False) -> Any:
-        if last:
-            stack.callback(self.close)
-        if self._client is None:
-            self._client = c.dask_client(self._stack, self.workers)
-        return self._client
-
-    def close(self) -> None:
-        self._client = None
-        self._stack.close()
-
-
 def _build(config: RunConfig) -> ScenarioPlan:
     w = config.workers
     n = config.size(20_000_000, 400_000)
-    shared = _SharedCluster(w)
+    shared = c.SharedDask(w)
 
     def data() -> np.ndarray:
         return np.random.default_rng(0).random(n)

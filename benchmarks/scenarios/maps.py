@@ -42,9 +42,9 @@ RAY_NOTE = (
 
 
 def map_variants(
-    x: k.FloatArray, kernel: Kernel, config: RunConfig, *, dask: bool = False
+    x: k.FloatArray, kernel: Kernel, config: RunConfig, *, with_dask: bool = False
 ) -> tuple[Variant, ...]:
-    """The 7 variants of a map of ``kernel`` over ``x`` (9 with ``dask``).
+    """The 9 variants of a map of ``kernel`` over ``x`` (11 with ``with_dask``).
 
     Parameters
     ----------
@@ -54,9 +54,10 @@ def map_variants(
         A module-level function of :mod:`._kernels`, so every pool pickles it by reference.
     config
         Worker count.
-    dask
+    with_dask
         Also mepa on an embedded Dask cluster (``DaskExecutor(n_workers=w)``) and the same
-        map written by hand with ``client.scatter`` + ``client.submit`` + ``client.gather``.
+        map written by hand with ``client.scatter`` + ``client.submit`` + ``client.gather`` on
+        that cluster (one cluster for both, started by the first, closed by the second).
     """
     w = config.workers
     expected: dict[str, np.ndarray] = {}
@@ -74,7 +75,7 @@ def map_variants(
 
     def mepa(kind: str) -> Callable[[contextlib.ExitStack], Prepared]:
         def setup(stack: contextlib.ExitStack) -> Prepared:
-            ex = c.mepa_executor(stack, kind, w)
+            ex = shared.executor(stack) if kind == "dask" else c.mepa_executor(stack, kind, w)
 
             def run() -> Any:
                 alloc = ex.arrange(x, shuffle=False)
@@ -149,8 +150,10 @@ def map_variants(
 
         return Prepared(call=run, check=check, pids=c.dask_pids(client))
 
+    shared = c.SharedDask(w, embedded=True)
+
     def dask_by_hand(stack: contextlib.ExitStack) -> Prepared:
-        client = c.dask_client(stack, w)
+        client = shared.executor(stack, last=True).client
         return Prepared(
             call=lambda: c.dask_scatter_submit_gather(client, kernel, x),
             check=check,
@@ -178,10 +181,10 @@ def map_variants(
             "dask-by-hand",
             "competitor",
             dask_by_hand,
-            f"client.scatter + client.submit + client.gather, {w}-process LocalCluster",
+            "client.scatter + client.submit + client.gather, on the same embedded cluster",
             requires=("distributed",),
         ),
-    ) if dask else ()
+    ) if with_dask else ()
     return (
         Variant("serial", "serial", serial, "NumPy on one core"),
         Variant("mepa-process", "mepa", mepa("process"), f"mepa ProcessExecutor({w})"),
@@ -287,7 +290,7 @@ def ray_map_group(x: k.FloatArray, kernel: Kernel, config: RunConfig) -> Group:
 
 def _build(
     kernel: Kernel, full: int, quick: int, targets: list[Target], with_ray: bool = False,
-    dask: bool = False,
+    with_dask: bool = False,
 ) -> Callable[[RunConfig], ScenarioPlan]:
     def build(config: RunConfig) -> ScenarioPlan:
         n = config.size(full, quick)
@@ -295,7 +298,7 @@ def _build(
         group = Group(
             name="map",
             timed=TIMED,
-            variants=map_variants(x, kernel, config, dask=dask),
+            variants=map_variants(x, kernel, config, with_dask=with_dask),
             baseline="serial",
             # Single serial calls of cpu_map varied from 0.82 s to 1.24 s within one run here:
             # 5 pairs leave the median ratio about 0.15x uncertain, against targets like 1.8x.
@@ -345,7 +348,7 @@ CPU_MAP = Scenario(
             ),
         ],
         with_ray=True,
-        dask=True,
+        with_dask=True,
     ),
 )
 
