@@ -639,7 +639,7 @@ def run_shipped(payload: bytes, code: CodeRef | None, *values: Any) -> Any:
     CodeLost
         The worker does not have ``code`` and could not fetch it.
     """
-    from ._events import TaskResult, run_task
+    from ._events._context import TaskResult, run_task
     from ._payload import run_sent_back
     from ._tree import tree_map
 
