@@ -75,6 +75,7 @@ __all__ = [
     "LocalModules",
     "Slot",
     "TaskExit",
+    "dumps_by_value",
     "dumps_shipped",
     "main_script",
     "received",
@@ -508,6 +509,45 @@ def dumps_shipped(obj: Any) -> bytes:
     import cloudpickle
 
     return bytes(cloudpickle.dumps(obj))
+
+
+_REGISTRY_LOCK = threading.Lock()
+"""cloudpickle's by-value registry is global: register, dump and unregister under this lock."""
+
+
+def dumps_by_value(obj: Any, module_names: Iterable[str]) -> bytes:
+    """Pickle ``obj`` with cloudpickle, the named modules' functions and classes as code.
+
+    For what must run before a worker has the code bundle (an executor's initializer, run
+    when the worker registers), not for tasks.
+
+    Parameters
+    ----------
+    obj
+        Typically ``(fn, args, kwargs)``.
+    module_names
+        Modules (from :meth:`LocalModules.names`) pickled by value.
+
+    Returns
+    -------
+    bytes
+        A plain cloudpickle payload.
+    """
+    import cloudpickle
+
+    with _REGISTRY_LOCK:
+        already = cloudpickle.list_registry_pickle_by_value()
+        added = []
+        try:
+            for name in module_names:
+                module = sys.modules.get(name)
+                if module is not None and name not in already:
+                    cloudpickle.register_pickle_by_value(module)
+                    added.append(module)
+            return bytes(cloudpickle.dumps(obj))
+        finally:
+            for module in added:
+                cloudpickle.unregister_pickle_by_value(module)
 
 
 # ---------------------------------------------------------------------- worker side

@@ -60,6 +60,7 @@ from .._dask_shipping import (
     LocalModules,
     Slot,
     TaskExit,
+    dumps_by_value,
     dumps_shipped,
     main_script,
     run_shipped,
@@ -411,7 +412,7 @@ class DaskExecutor(Executor):
     ) -> _WorkerSetup:
         names = self._modules.names() if self._modules is not None else ()
         try:
-            payload = dumps_shipped((initializer, initargs, {}), names)
+            payload = dumps_by_value((initializer, initargs, {}), names)
         except Exception as exc:
             raise SerializationError(
                 f"the initializer {self._initializer_name} or its initargs could not be "
