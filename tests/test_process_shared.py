@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import mmap
 
 import numpy as np
@@ -306,8 +307,14 @@ def test_worker_killed_during_a_shuffled_distribute_returns_every_segment(execut
 
     data = np.arange(BIG, dtype=np.float64)
     alloc = executor.arrange(data, shuffle=True)
+    futures = executor.distribute(die_without_row_zero, alloc)
     with pytest.raises(mepa.WorkerCrashedError):
-        executor.gather(executor.distribute(die_without_row_zero, alloc), timeout=60)
+        executor.gather(futures, timeout=60)
+    # gather raises at the first failure; the other chunk settles (finished, or lost with the
+    # broken pool) a moment later, and only then are its segments free
+    done, not_done = concurrent.futures.wait(futures, timeout=60)
+    assert not not_done
+    del futures, done
     gc.collect()
     pool = executor._shared._segments
     created = pool.segments_created
