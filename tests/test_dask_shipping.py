@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from .scripts import run_python
+
 distributed = pytest.importorskip("distributed")
 
 pytestmark = [pytest.mark.dask, pytest.mark.timeout(180)]
-
-
-def run_script(path, cwd, *args, timeout=150):
-    return subprocess.run(
-        [sys.executable, str(path), *args], cwd=cwd, capture_output=True, text=True, check=False,
-        timeout=timeout,
-    )
 
 
 def test_a_script_run_from_another_directory_ships_its_own_directory(cluster, tmp_path):
@@ -37,7 +31,7 @@ def test_a_script_run_from_another_directory_ships_its_own_directory(cluster, tm
     """))
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    done = run_script(script, elsewhere, cluster.address)
+    done = run_python(script, elsewhere, cluster.address, timeout=150)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == "42"
 
@@ -50,7 +44,7 @@ def test_embedded_cluster_in_a_script_without_main_guard_says_why(tmp_path):
         with DaskExecutor(n_workers=1) as ex:
             print(ex.submit_and_gather(pow, 2, 3))
     """))
-    done = run_script(script, tmp_path)
+    done = run_python(script, tmp_path, timeout=150)
     assert done.returncode != 0
     assert 'if __name__ == "__main__":' in done.stderr
     assert "ClusterSpecError" in done.stderr

@@ -14,6 +14,8 @@ import pytest
 
 import mepa
 
+from .scripts import run_python
+
 pytestmark = pytest.mark.timeout(60)
 
 
@@ -279,15 +281,8 @@ if __name__ == "__main__":
 
 
 def test_work_left_to_a_shutdown_without_wait_finishes_before_the_interpreter_exits(tmp_path):
-    import subprocess
-    import sys
 
-    script = tmp_path / "relayed.py"
-    script.write_text(RELAYED_EXIT_SCRIPT)
-    proc = subprocess.run(
-        [sys.executable, "-W", "error", str(script)],
-        check=False, capture_output=True, text=True, timeout=50, cwd=tmp_path,
-    )
+    proc = run_python(RELAYED_EXIT_SCRIPT, tmp_path, timeout=50, warnings_as_errors=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split("\n")[:2] == ["main done", "last 3"]
     assert proc.stderr == ""

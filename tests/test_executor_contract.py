@@ -7,8 +7,6 @@ import gc
 import operator
 import os
 import re
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -21,6 +19,7 @@ from mepa import AllocationError, ExecutorShutdownError, Worker, WorkerSpecError
 from mepa._executors import BACKENDS
 
 from .executors import EXECUTOR_KINDS, TEST_CLUSTERS, make_executor
+from .scripts import run_python
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -796,12 +795,7 @@ def run_script(kind, tmp_path, body):
             return BACKENDS[KIND].load()({address!r}, n_workers=n_workers)
         """
     )
-    script = tmp_path / "script.py"
-    script.write_text(head + textwrap.dedent(body))
-    proc = subprocess.run(
-        [sys.executable, str(script)],
-        check=False, capture_output=True, text=True, timeout=120, cwd=tmp_path,
-    )
+    proc = run_python(head + textwrap.dedent(body), tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
 

@@ -13,6 +13,7 @@ import pytest
 import mepa
 
 from .executors import EXECUTOR_KINDS, make_executor
+from .scripts import run_python
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -384,15 +385,8 @@ print("threads", threads - threads0, "fds", fds - fds0)
 def test_an_executor_dropped_without_shutdown_releases_threads_and_descriptors(
     tmp_path, kind, count
 ):
-    import subprocess
-    import sys
 
-    script = tmp_path / "drop.py"
-    script.write_text(DROP_SCRIPT)
-    proc = subprocess.run(
-        [sys.executable, str(script), kind, str(count)],
-        check=False, capture_output=True, text=True, timeout=110, cwd=tmp_path,
-    )
+    proc = run_python(DROP_SCRIPT, tmp_path, kind, str(count), timeout=110)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     threads, fds = (int(x) for x in proc.stdout.split()[1::2])
@@ -571,15 +565,8 @@ if __name__ == "__main__":
 
 
 def test_shutdown_under_concurrent_submits_and_exit_print_nothing(tmp_path):
-    import subprocess
-    import sys
 
-    script = tmp_path / "quiet.py"
-    script.write_text(QUIET_SCRIPT)
-    proc = subprocess.run(
-        [sys.executable, "-W", "error", str(script)],
-        check=False, capture_output=True, text=True, timeout=110, cwd=tmp_path,
-    )
+    proc = run_python(QUIET_SCRIPT, tmp_path, timeout=110, warnings_as_errors=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "done"
     assert proc.stderr == ""

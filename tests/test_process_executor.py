@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import textwrap
 import threading
 
@@ -14,6 +12,8 @@ import pytest
 
 import mepa
 from mepa import SerializationError, WorkerCrashedError
+
+from .scripts import run_python
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -141,12 +141,7 @@ CTRL_C_SCRIPT = textwrap.dedent(
 
 
 def test_ctrl_c_during_gather_cancels_and_stops_workers(tmp_path):
-    script = tmp_path / "ctrl_c.py"
-    script.write_text(CTRL_C_SCRIPT)
-    proc = subprocess.run(
-        [sys.executable, str(script)],
-        check=False, capture_output=True, text=True, timeout=90, cwd=tmp_path,
-    )
+    proc = run_python(CTRL_C_SCRIPT, tmp_path, timeout=90)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "interrupted after" in out

@@ -36,6 +36,8 @@ from mepa._shm import (
     shared_nbytes,
 )
 
+from .scripts import run_python
+
 pytestmark = pytest.mark.timeout(90)
 
 BIG = DEFAULT_THRESHOLD // 8 * 2  # float64 elements: 2 MiB
@@ -527,18 +529,9 @@ SCRIPT = textwrap.dedent(
 
 @pytest.mark.timeout(120)
 def test_no_leaked_shared_memory_warnings(tmp_path: Any) -> None:
-    script = tmp_path / "run.py"
-    script.write_text(SCRIPT)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "PYTHONPATH": root, "PYTHONWARNINGS": "default"}
-    proc = subprocess.run(
-        [sys.executable, str(script)],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=100,
-        env=env,
-    )
+    proc = run_python(SCRIPT, tmp_path, timeout=100, env=env)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
     assert "leaked" not in proc.stderr
