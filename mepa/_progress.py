@@ -42,7 +42,7 @@ import os
 import threading
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sized
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sized
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -126,7 +126,8 @@ class Progress:
 
         _check_count("total", total)
         self._id = uuid.uuid4().hex
-        self._init_sending(hub.register(self._on_message))
+        self._listener = _Listener(self)
+        self._init_sending(hub.register(self._listener))
         self._hub: EventHub | None = hub
         self._lock = threading.Lock()
         self._host_holds = True
@@ -143,6 +144,11 @@ class Progress:
             ) from exc
         _HOSTED[self._id] = self
         hub._add_close_hook(self.dispose)
+        # Once the bar is finished or disposed, nothing on the host keeps it: when the user
+        # drops it, its registration goes too.
+        weakref.finalize(self, _forget_registration, weakref.ref(hub), self._ctx.event).atexit = (
+            False
+        )
 
     def _init_sending(self, ctx: EventContext) -> None:
         self._ctx = ctx
@@ -328,6 +334,7 @@ class Progress:
         hub, self._hub = self._hub, None
         if hub is not None:
             hub.off(self._ctx)
+        self._listener.loosen()
         _HOSTED.pop(self._id, None)
 
     def iters(self, iterable: Iterable[T], total: int | None = None) -> Iterator[T]:
@@ -513,6 +520,39 @@ class Progress:
         if not self._finished and not self._host_holds and self._holds == 0:
             self._finished = True
             self._bar.close()
+            self._listener.loosen()  # late messages are still counted while the user holds it
+
+
+class _Listener:
+    """The event hub's hold on a host bar: strong while the bar can change, then weak.
+
+    An open bar must outlive the user's reference to it (``ex.distribute(task,
+    ex.progress(n), alloc)`` draws a bar that tasks update), so the hub keeps it alive. A
+    finished or disposed bar is kept only by its user; messages that still come for it are
+    counted as late while it lives, and dropped after.
+    """
+
+    __slots__ = ("_strong", "_weak")
+
+    def __init__(self, progress: Progress) -> None:
+        self._strong: Progress | None = progress
+        self._weak = weakref.ref(progress)
+
+    def __call__(self, kind: int, n: Any, count: int = 0) -> None:
+        progress = self._strong or self._weak()
+        if progress is not None:
+            progress._on_message(kind, n, count)
+
+    def loosen(self) -> None:
+        """Stop keeping the bar alive."""
+        self._strong = None
+
+
+def _forget_registration(hub_ref: weakref.ref[EventHub], event: Hashable) -> None:
+    """A host bar was collected: its hub forgets the bar's event (never blocks)."""
+    hub = hub_ref()
+    if hub is not None:
+        hub._forget_soon(event)
 
 
 class _PyTally:

@@ -747,6 +747,35 @@ def test_progress_bar_fed_by_tasks_reaches_its_total(executor):
     assert "5000/5000" in stream.getvalue()
 
 
+def test_bars_that_finished_are_not_kept_by_the_executor(executor):
+    import gc
+    import io
+    import weakref
+
+    refs = []
+    for _ in range(3):
+        closed = executor.progress(total=4, file=io.StringIO())
+        executor.gather(executor.submit(update_many, closed, 4), timeout=60)
+        closed.close()  # finished: the tasks' updates counted, the host's hold released
+        disposed = executor.progress(file=io.StringIO())
+        disposed.dispose()
+        refs += [weakref.ref(closed), weakref.ref(disposed)]
+        assert closed.n == 4
+        del closed, disposed
+    data = np.arange(1_000.0)
+    for _ in range(3):  # map_array makes a bar of its own for each call
+        np.testing.assert_array_equal(
+            mepa.map_array(np.sqrt, data, executor=executor, progress={"file": io.StringIO()}),
+            np.sqrt(data),
+        )
+    gc.collect()
+    assert [ref() for ref in refs] == [None] * len(refs)
+    assert list(executor._progress_bars) == []
+    open_bar = executor.progress(file=io.StringIO())  # still open: kept, tasks may update it
+    assert list(executor._progress_bars) == [open_bar]
+    open_bar.close()
+
+
 def update_many(progress, n):
     for _ in range(n):
         progress.update(1)

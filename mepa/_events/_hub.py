@@ -14,6 +14,7 @@ filling the host's memory::
 
 from __future__ import annotations
 
+import collections
 import heapq
 import itertools
 import logging
@@ -140,7 +141,8 @@ class EventHub:
         self._waiter_ids = itertools.count()
         self._remote_channel: Channel | None = None
         self._server: _UnixServer | None = None
-        self._close_hooks: list[Callable[[], object]] = []
+        self._close_hooks: list[weakref.WeakMethod[Callable[[], object]]] = []
+        self._forgotten: collections.deque[Hashable] = collections.deque()
         self._room = threading.Condition()  # bounds what transports queue (MAX_QUEUED_BYTES)
         self._queued_bytes = 0
         self._put_local = _local_putter(self)  # what contexts fired in this process call
@@ -192,6 +194,8 @@ class EventHub:
             ) from exc
         with self._lock:
             self._check_open()
+            while self._forgotten:
+                self._callbacks.pop(self._forgotten.popleft(), None)
             self._callbacks[event] = (*self._callbacks.get(event, ()), callback)
             self._ensure_dispatcher()
         return self.context(event)
@@ -508,12 +512,25 @@ class EventHub:
             hooks, self._close_hooks = self._close_hooks, []
         for fn in dict.fromkeys(w.fn for w in waiters):
             _call_logged(fn)
-        for hook in hooks:
-            _call_logged(hook)
+        for hook_ref in hooks:
+            hook = hook_ref()
+            if hook is not None:
+                _call_logged(hook)
 
     def _add_close_hook(self, hook: Callable[[], object]) -> None:
+        """Call the bound method ``hook`` at :meth:`close`, if its object still lives then."""
         with self._lock:
-            self._close_hooks.append(hook)
+            if len(self._close_hooks) >= 64:
+                self._close_hooks = [ref for ref in self._close_hooks if ref() is not None]
+            self._close_hooks.append(weakref.WeakMethod(hook))
+
+    def _forget_soon(self, event: Hashable) -> None:
+        """Drop the callbacks of ``event`` at the next registration.
+
+        For finalizers, which the garbage collector may run in a thread that holds the lock:
+        this never takes it.
+        """
+        self._forgotten.append(event)
 
     # internals ---------------------------------------------------------------------------
 

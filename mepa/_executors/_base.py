@@ -114,7 +114,8 @@ class Executor(ABC):
         self._lock = threading.RLock()
         self._is_shutdown = False
         self._hub: EventHub | None = None
-        self._progress_bars: list[Progress] = []
+        # open bars are kept alive by the event hub; finished ones only by their users
+        self._progress_bars: weakref.WeakSet[Progress] = weakref.WeakSet()
         self._pending: set[TaskFuture[Any]] = set()
         self._releaser: threading.Thread | None = None
         # What an executor dropped without shutdown() must still release (its hub, the
@@ -827,7 +828,7 @@ class Executor(ABC):
         bar = Progress(self._events(), total=total, **tqdm_kwargs)
         root = self._root()
         with root._lock:
-            root._progress_bars.append(bar)
+            root._progress_bars.add(bar)
         return bar
 
     # ------------------------------------------------------------------ lifecycle
@@ -883,7 +884,7 @@ class Executor(ABC):
             _set_exception(future, _never_finished(future))
         self._engine_shutdown(True)
         with self._lock:
-            bars, self._progress_bars = self._progress_bars, []
+            bars, self._progress_bars = list(self._progress_bars), weakref.WeakSet()
             hub, self._hub = self._hub, None
         for bar in bars:
             bar.dispose()

@@ -820,7 +820,7 @@ class DaskExecutor(Executor):
 
     def _is_additive(self, event: Any) -> bool:
         """Whether ``event`` is a progress bar's (its counts are summed, not its messages)."""
-        bars = self._progress_bars
+        bars = list(self._progress_bars)
         return any(getattr(getattr(bar, "_ctx", None), "event", None) == event for bar in bars)
 
     def _reject(self, topic: str) -> None:
