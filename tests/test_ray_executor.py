@@ -63,6 +63,19 @@ def test_big_arrays_travel_through_the_object_store(executor):
     assert not result.flags.writeable  # a view of the object store, as documented
 
 
+def test_more_workers_than_the_cluster_has_cpus_is_refused_not_a_wait(executor):
+    from .ray_cluster import shared_address
+
+    address = shared_address()
+    cpus = int(executor._ray.cluster_resources()["CPU"])
+    with pytest.raises(mepa.ClusterSpecError, match=rf"has {cpus} CPUs.*n_workers={cpus}"):
+        mepa.RayExecutor(address, n_workers=cpus + 1)
+    with mepa.RayExecutor(address, n_workers=cpus) as full:  # the connection is still usable
+        assert full.gather(full.map(abs, range(-cpus, 0)), timeout=120) == list(
+            range(cpus, 0, -1)
+        )
+
+
 def test_mepa_exposes_the_registry_backend_lazily():
     assert mepa.RayExecutor is mepa._executors._ray.RayExecutor
     out = subprocess.run(

@@ -325,6 +325,13 @@ class RayExecutor(Executor):
             try:
                 cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
                 workers = make_workers("ray", n_workers, cpus)
+                if len(workers) > cpus:
+                    # each worker is an actor holding one CPU: the others would wait forever
+                    raise ClusterSpecError(
+                        f"n_workers asks for {len(workers)} workers, but the Ray cluster at "
+                        f"{address} has {cpus} CPUs, and each worker is an actor that holds "
+                        f"one; pass n_workers={cpus} or fewer, or start more Ray nodes first"
+                    )
             except BaseException:
                 if self._owns_ray:
                     ray.shutdown()
