@@ -385,3 +385,21 @@ def fire_many_plain(ctx, n):
     for i in range(n):
         ctx.fire(i)
     return n
+
+
+def test_a_task_result_travels_as_dask_sends_its_value_not_as_one_pickle():
+    from distributed.protocol import deserialize, serialize
+
+    from mepa._events._context import TaskResult
+
+    value = (np.arange(1 << 17, dtype=np.float64), {"n": 3})
+    tokens = (("source", 7),)
+    header, frames = serialize(TaskResult(value, tokens))
+    assert header["serializer"] == "dask"  # pickled whole, the array went in the pickle stream
+    sizes = [memoryview(frame).nbytes for frame in frames]
+    assert value[0].nbytes in sizes  # the array is a frame of its own, not copied into another
+    back = deserialize(header, frames)
+    assert isinstance(back, TaskResult)
+    np.testing.assert_array_equal(back.value[0], value[0])
+    assert back.value[1] == {"n": 3}
+    assert back.tokens == tokens

@@ -51,6 +51,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 import distributed
+import distributed.protocol
 import numpy as np
 from distributed.scheduler import KilledWorker
 
@@ -80,6 +81,7 @@ from .._errors import (
     WorkerSpecError,
 )
 from .._events import Channel, EventHub, Transport
+from .._events._context import TaskResult
 from .._heap import run_kept, worker_env
 from .._threads import thread_env
 from .._tree import flatten, iter_leaves, tree_map, unflatten
@@ -1070,6 +1072,29 @@ def _is_executing(key: str, dask_worker: Any = None) -> bool:
 
 
 # ---------------------------------------------------------------------- tasks on workers
+
+
+def _serialize_task_result(result: TaskResult[Any]) -> tuple[dict[str, Any], list[Any]]:
+    """A task's result on the wire: its value as Dask sends a value, then its tokens.
+
+    Pickled as a whole, the wrapper would carry a big array in the pickle stream (copied on
+    both ends: a 2-worker gather of 160 MB took 0.35 s, against 0.14 s for the bare arrays);
+    serialized this way, the value's arrays travel as frames of their own, as Dask sends them.
+    """
+    header, frames = _WIRE.serialize(result.value, on_error="raise")
+    tokens = pickle.dumps(result.tokens, protocol=pickle.HIGHEST_PROTOCOL)
+    return {"value": header, "frames": len(frames)}, [*frames, tokens]
+
+
+def _deserialize_task_result(header: dict[str, Any], frames: list[Any]) -> TaskResult[Any]:
+    n = header["frames"]
+    value = _WIRE.deserialize(header["value"], frames[:n])
+    return TaskResult(value, pickle.loads(frames[n]))  # from a worker, as Dask's own results
+
+
+_WIRE: Any = distributed.protocol  # untyped
+_WIRE.dask_serialize.register(TaskResult)(_serialize_task_result)
+_WIRE.dask_deserialize.register(TaskResult)(_deserialize_task_result)
 
 
 def run_dask_task(
