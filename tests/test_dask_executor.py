@@ -403,3 +403,36 @@ def test_a_task_result_travels_as_dask_sends_its_value_not_as_one_pickle():
     np.testing.assert_array_equal(back.value[0], value[0])
     assert back.value[1] == {"n": 3}
     assert back.tokens == tokens
+
+
+def held_keys(executor, expected, timeout=30):
+    """This client's live keys (but code bundles), once they are ``expected`` or at timeout.
+
+    A dropped Dask future releases its key on the client's event loop, a moment later.
+    """
+    import gc
+
+    deadline = time.monotonic() + timeout
+    while True:
+        gc.collect()
+        held = sorted(
+            str(key).rsplit("-", 1)[0] for key in list(executor.client.futures)
+            if not str(key).startswith("mepa-code")
+        )
+        if held == expected or time.monotonic() > deadline:
+            return held
+        time.sleep(0.05)
+
+
+def test_results_leave_the_cluster_once_their_futures_are_dropped(executor):
+    held_keys(executor, [])  # what earlier tests left is released
+    alloc = executor.arrange(np.arange(400_000.0))  # chunks above SCATTER_BYTES: scattered
+    for _ in range(3):
+        result = alloc.reassemble(executor.gather(executor.distribute(np.negative, alloc)))
+        np.testing.assert_array_equal(result, -np.arange(400_000.0))
+    kept = executor.submit(np.ones, 4)
+    assert executor.gather(kept, timeout=60).sum() == 4
+    # the cluster keeps what a live future needs (to pass it to a next task): `kept`'s result
+    assert held_keys(executor, ["ones"]) == ["ones"]
+    del kept
+    assert held_keys(executor, []) == []

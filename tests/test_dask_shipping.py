@@ -202,17 +202,26 @@ def test_a_module_level_lock_does_not_stop_the_task(shipping, tasks):
 def test_module_level_data_travels_once_per_worker_not_with_every_task(shipping, tasks, cluster):
     from mepa import _dask_shipping
 
+    def totals():
+        stats = cluster._client.run(_dask_shipping.received)
+        return sum(s["tasks"] for s in stats.values()), sum(
+            s["payload_bytes"] for s in stats.values()
+        )
+
+    tasks_before, bytes_before = totals()
     futures = [shipping.submit(tasks.lookup, i) for i in range(16)]
     assert shipping.gather(futures) == [float(i) for i in range(16)]
     # what each task carried: a reference to shipkit.tasks.lookup, not its 32 MB table
-    sizes = [len(shipping._dask_futures[f].payload) for f in futures]
-    assert max(sizes) < 4096, sizes
+    tasks_after, bytes_after = totals()
+    assert tasks_after - tasks_before == 16
+    assert (bytes_after - bytes_before) / 16 < 4096
     futures = [shipping.submit(tasks.lookup, i) for i in range(16, 32)]
     assert shipping.gather(futures) == [float(i) for i in range(16, 32)]
     # what the workers received: each got the code once, whatever its number of tasks
     stats = cluster._client.run(_dask_shipping.received)
     assert len(stats) == 2
-    code = shipping._dask_futures[futures[0]].code
+    code = shipping._modules.bundle()
+    assert code is not None
     assert code.nbytes < 4_000_000  # the sources, not the table they build
     for address, seen in stats.items():
         assert seen["bundles"].get(code.digest, 0) <= 1, (address, seen)

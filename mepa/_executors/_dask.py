@@ -370,7 +370,8 @@ class DaskExecutor(Executor):
             except BaseException:
                 self._close_owned()
                 raise
-        self._dask_futures: weakref.WeakKeyDictionary[TaskFuture[Any], Any] = (
+        # The user's futures of this executor -> where their results are on the cluster.
+        self._dask_futures: weakref.WeakKeyDictionary[TaskFuture[Any], _Placed] = (
             weakref.WeakKeyDictionary()
         )
         self._dask_lock = threading.Lock()
@@ -525,8 +526,9 @@ class DaskExecutor(Executor):
     def _as_dask_future(self, leaf: Any) -> Any:
         if isinstance(leaf, TaskFuture):
             with self._dask_lock:
-                task = self._dask_futures.get(leaf)
-            return leaf if task is None else task.dask_future
+                placed = self._dask_futures.get(leaf)
+            dask_future = None if placed is None else placed.dask_future
+            return leaf if dask_future is None else dask_future
         return leaf
 
     def _prepare_call(
@@ -595,7 +597,7 @@ class DaskExecutor(Executor):
         task.launch()
         if call.future is not None:
             with self._dask_lock:
-                self._dask_futures[call.future] = task
+                self._dask_futures[call.future] = task.placed
             # Once the user's future is done, every batch of the task has been dispatched.
             call.future.add_done_callback(_Forget(self._once, task.ident))
         return task
@@ -888,6 +890,7 @@ class _DaskTask(BridgeFuture):
         self._values: list[Any] = []
         self._user_cancelled = False
         self.ident = uuid.uuid4().hex
+        self.placed = _Placed()
 
     def launch(self) -> None:
         """Start an attempt: scatter the host arrays, submit the payload."""
@@ -905,7 +908,7 @@ class _DaskTask(BridgeFuture):
             key=f"{self.name}-{uuid.uuid4().hex}", pure=False, **ex._pin(self.address),
         )
         self._values = values
-        self.dask_future = dask_future
+        self.dask_future = self.placed.dask_future = dask_future
         ex._running.add(self)
         dask_future.add_done_callback(self._on_dask_done)
 
@@ -964,6 +967,8 @@ class _DaskTask(BridgeFuture):
         self._executor._running.discard(self)
         self.sources = None
         self._values = []
+        if cancel or exc is not None:
+            self.placed.dask_future = None  # a next task given this one fails on the host
         if cancel:
             self.remote_cancelled()
         elif exc is not None:
@@ -999,6 +1004,21 @@ class _DaskTask(BridgeFuture):
             self._user_cancelled = False
             return self.cancelled()
         return super().cancel()
+
+
+class _Placed:
+    """Where a task's result is on the cluster: the Dask future of its latest attempt.
+
+    What the executor maps a user's future to (weakly), so that a next task given that future
+    gets the result on its worker. It refers to nothing that refers back to the user's future
+    (a task's error does, through the traceback of the ``gather`` that raised it): mapped to
+    the task itself, every result and error stayed on the cluster for good.
+    """
+
+    __slots__ = ("dask_future",)
+
+    def __init__(self) -> None:
+        self.dask_future: Any = None
 
 
 class _InputLost(Exception):
@@ -1055,6 +1075,7 @@ class _Fetcher:
             except BaseException:  # never lose the thread
                 logger.exception("completing %s failed", task.name)
             finally:
+                del task  # kept while waiting for the next, it would keep its result alive
                 with self._lock:
                     self._idle += 1
 
