@@ -237,13 +237,32 @@ def forward(
     near_limit = refine_within * cell_size if cell_size > 0 else 0.0
     rows = block_rows(len(cells), block_bytes)
     work = _Workspace(cells, moments, u, min(rows, len(receivers)))
+    # The near pairs of several blocks are refined together, once they hold about
+    # block_bytes / 16 sub-dipoles: per block, the calls would be of a few thousand elements,
+    # short enough for the Python between them to dominate and keep two threads taking turns.
+    pending: list[tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.intp]]] = []
+    load, first = 0, 0  # sub-dipoles pending; first receiver not yet finished
     for start in range(0, len(receivers), rows):
         block = receivers[start:start + rows]
-        out[start:start + rows] = _block_anomaly(
-            block, work, near_limit, cell_size, max_refine, block_bytes
-        )
-        if on_block is not None:
-            on_block(len(block))
+        stop = start + len(block)
+        out[start:stop], near = _block_anomaly(block, work, near_limit)
+        if near is not None:
+            rec, cell, near_r2 = near
+            splits = np.minimum(max_refine, np.ceil(near_limit / np.sqrt(near_r2))).astype(np.intp)
+            np.maximum(splits, 1, out=splits)
+            pending.append((rec + start, cell, splits))
+            load += int(np.sum(splits**3))
+        if load >= block_bytes // 16 or stop == len(receivers):
+            if pending:
+                rec, cell, splits = (np.concatenate(parts) for parts in zip(*pending, strict=True))
+                out[first:stop] += _refined(
+                    receivers, first, stop, work, rec, cell, splits, cell_size, block_bytes
+                )
+                pending, load = [], 0
+            out[first:stop] *= _CM * _TESLA_TO_NT
+            if on_block is not None:
+                on_block(stop - first)
+            first = stop
     return out
 
 
@@ -299,13 +318,13 @@ class _Workspace:
 
 
 def _block_anomaly(
-    block: NDArray[np.float64],
-    work: _Workspace,
-    near_limit: float,
-    cell_size: float,
-    max_refine: int,
-    block_bytes: int,
-) -> NDArray[np.float64]:
+    block: NDArray[np.float64], work: _Workspace, near_limit: float
+) -> tuple[NDArray[np.float64], _Near | None]:
+    """Per receiver of ``block``, the sum over cells of ``dT / cm`` (T), near pairs left out.
+
+    Returns the sums and the near pairs ``(receiver in block, cell, squared distance)``, or
+    ``None`` if there are none; :func:`_refined` adds what they give.
+    """
     n = len(block)
     rx, ry, rz, r2, a, b = (arr[:n] for arr in work.arrays)
     u, (mx, my, mz) = work.u, work.moment_cols
@@ -322,10 +341,12 @@ def _block_anomaly(
     r_dot_u += np.multiply(ry, u[1], out=b)
     r_dot_u += np.multiply(rz, u[2], out=b)
     near = np.less(r2, near_limit * near_limit, out=work.near[:n])  # all False if refinement is off
-    refine = bool(near.any())
-    if refine:
-        rec, cell = np.nonzero(near)
-        near_r2 = r2[rec, cell]
+    pairs: _Near | None = None
+    flat: NDArray[np.intp] | None = None
+    if near.any():
+        flat = np.flatnonzero(near)  # a tenth of the time of a 2-d nonzero
+        rec, cell = np.divmod(flat, near.shape[1])
+        pairs = (rec, cell, np.take(r2, flat))
     inv_r2 = np.divide(1.0, r2, out=r2)
     inv_r3 = np.sqrt(inv_r2, out=ry)
     inv_r3 *= inv_r2
@@ -336,37 +357,35 @@ def _block_anomaly(
     terms *= 3.0
     terms -= work.m_dot_u
     terms *= inv_r3
-    if refine:
-        terms[near] = 0.0  # these pairs are summed again, refined, below
+    if flat is not None:
+        np.put(terms, flat, 0.0)  # these pairs are summed again, refined, by _refined
     total: NDArray[np.float64] = terms.sum(axis=1)
-    if refine:
-        total += _refined(
-            block, work, rec, cell, near_r2, cell_size, near_limit, max_refine, block_bytes
-        )
-    result: NDArray[np.float64] = total * (_CM * _TESLA_TO_NT)
-    return result
+    return total, pairs
+
+
+_Near = tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.float64]]
+"""Near pairs of a block: receiver (in the block), cell, squared distance."""
 
 
 def _refined(
-    block: NDArray[np.float64],
+    receivers: NDArray[np.float64],
+    first: int,
+    stop: int,
     work: _Workspace,
     rec: NDArray[np.intp],
     cell: NDArray[np.intp],
-    near_r2: NDArray[np.float64],
+    splits: NDArray[np.intp],
     cell_size: float,
-    near_limit: float,
-    max_refine: int,
     block_bytes: int,
 ) -> NDArray[np.float64]:
-    """Sum, per receiver of ``block``, of the near pairs ``(rec, cell)`` split into sub-dipoles.
+    """Per receiver ``first ... stop - 1``, the sum of ``dT / cm`` over its near pairs
+    ``(rec, cell)``, each cell split into ``splits**3`` sub-dipoles.
 
-    ``near_r2`` holds their squared distances. The pairs are taken in groups of about
-    ``block_bytes / 64`` pair-sub-dipoles, in the workspace's reused arrays.
+    The pairs are taken by split, in groups of about ``block_bytes / 64`` pair-sub-dipoles,
+    in six of the workspace's reused arrays.
     """
     cells, moments, u = work.cells, work.moments, work.u
-    splits = np.minimum(max_refine, np.ceil(near_limit / np.sqrt(near_r2))).astype(int)
-    splits = np.maximum(splits, 1)
-    out = np.zeros(len(block))
+    out = np.zeros(stop - first)
     for s in np.unique(splits):
         pick = splits == s
         r_idx, c_idx = rec[pick], cell[pick]
@@ -378,21 +397,33 @@ def _refined(
         for start in range(0, len(r_idx), step):
             ri, ci = r_idx[start:start + step], c_idx[start:start + step]
             shape = (len(ri), k)
-            # (pairs, k, 3): receiver minus each sub-dipole of the cell
-            r = work.scratch(0, 3 * len(ri) * k).reshape(*shape, 3)
-            np.subtract((block[ri] - cells[ci])[:, None, :], offsets[None, :, :], out=r)
+            size = len(ri) * k
+            # per component, (pairs, k): receiver minus each sub-dipole of the cell
+            d = receivers[ri] - cells[ci]
             m = moments[ci] / k
-            inv_r2 = np.einsum("pkj,pkj->pk", r, r, out=work.scratch(1, r.size // 3, shape))
-            np.divide(1.0, inv_r2, out=inv_r2)
-            inv_r3 = np.sqrt(inv_r2, out=work.scratch(2, inv_r2.size, shape))
+            rx, ry, rz, r2, m_dot_r, tmp = (work.scratch(j, size, shape) for j in range(6))
+            for j, r in enumerate((rx, ry, rz)):
+                np.subtract(d[:, j:j + 1], offsets[:, j], out=r)
+            np.multiply(rx, rx, out=r2)
+            r2 += np.multiply(ry, ry, out=tmp)
+            r2 += np.multiply(rz, rz, out=tmp)
+            np.multiply(rx, m[:, 0:1], out=m_dot_r)
+            m_dot_r += np.multiply(ry, m[:, 1:2], out=tmp)
+            m_dot_r += np.multiply(rz, m[:, 2:3], out=tmp)
+            r_dot_u = rx
+            r_dot_u *= u[0]
+            r_dot_u += np.multiply(ry, u[1], out=tmp)
+            r_dot_u += np.multiply(rz, u[2], out=tmp)
+            inv_r2 = np.divide(1.0, r2, out=r2)
+            inv_r3 = np.sqrt(inv_r2, out=ry)
             inv_r3 *= inv_r2
-            terms = np.einsum("pkj,pj->pk", r, m, out=work.scratch(3, inv_r2.size, shape))
-            terms *= np.matmul(r, u, out=work.scratch(4, inv_r2.size, shape))  # r . u
+            terms = m_dot_r
+            terms *= r_dot_u
             terms *= inv_r2
             terms *= 3.0
             terms -= (m @ u)[:, None]
             terms *= inv_r3
-            out += np.bincount(ri, weights=terms.sum(axis=1), minlength=len(block))
+            out += np.bincount(ri - first, weights=terms.sum(axis=1), minlength=stop - first)
     return out
 
 

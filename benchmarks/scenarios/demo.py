@@ -17,6 +17,7 @@ the demo function (adapt to its real signature), ``serial(params)`` and
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -243,11 +244,11 @@ def _build(config: RunConfig) -> ScenarioPlan:
 
         def mepa(
             stack: contextlib.ExitStack, case: DemoCase = case, p: dict[str, int] = p,
-            check: Callable[[object], None] = check,
+            check: Callable[[object], None] = check, kind: c.MepaKind = "process",
         ) -> Prepared:
             fn = getattr(demo, case.function)  # AttributeError: recorded as a failure
             del fn
-            ex = c.mepa_executor(stack, "process", w)
+            ex = c.mepa_executor(stack, kind, w)
             return Prepared(call=lambda: case.mepa_call(demo, ex, p), check=check)
 
         def mepa_dask(
@@ -277,6 +278,17 @@ def _build(config: RunConfig) -> ScenarioPlan:
                     f"{DEMO_MODULE}.{case.function} on ProcessExecutor({w})"
                     if case.name == "magnetic"
                     else f"the same kernel through ProcessExecutor({w}).map"
+                ),
+                requires=(DEMO_MODULE,),
+            ),
+            Variant(
+                f"{case.name}-mepa-thread",
+                "mepa",
+                functools.partial(mepa, kind="thread"),
+                (
+                    f"{DEMO_MODULE}.{case.function} on ThreadExecutor({w})"
+                    if case.name == "magnetic"
+                    else f"the same kernel through ThreadExecutor({w}).map"
                 ),
                 requires=(DEMO_MODULE,),
             ),
