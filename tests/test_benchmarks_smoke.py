@@ -73,8 +73,9 @@ EXPECTED_VARIANTS = {
         "loky-first-task",
     ],
     "demo": [
-        "magnetic-serial", "magnetic-mepa", "magnetic-joblib", "magnetic-mepa-dask",
-        "magnetic-dask", "pi-serial", "pi-mepa", "pi-joblib", "pi-mepa-dask", "pi-dask",
+        "magnetic-serial", "magnetic-mepa", "magnetic-mepa-thread", "magnetic-joblib",
+        "magnetic-mepa-dask", "magnetic-dask", "pi-serial", "pi-mepa", "pi-mepa-thread",
+        "pi-joblib", "pi-mepa-dask", "pi-dask",
     ],
     "numba_kernel": [
         "serial", "numba-parallel", "mepa-thread", "mepa-process", "harmonica", "choclo",
