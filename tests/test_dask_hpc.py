@@ -283,3 +283,40 @@ def test_authenticated_batches_of_plain_data_are_decoded_without_unpickling(kill
         assert ex.submit_and_gather(fire_values, ctx, [Opaque(3)]) == 1
         assert seen == [Opaque(3)]
         assert ex._decoded["pickle"] == 1
+
+
+def test_a_sender_that_failed_to_send_keeps_its_attempt_in_the_new_source():
+    """The host counts a retried task's events per attempt, read from the batch's source: a
+    sender that restarts after a failed send must stay tagged, or its later batches count as
+    a task that was never retried (and are delivered again)."""
+    import pickle
+
+    from mepa._events import _sender
+    from mepa._executors import _dask
+
+    class Refused:
+        def send_bytes(self, payload):
+            raise OSError(24, "Too many open files")
+
+        def close(self):
+            pass
+
+    token = _dask._ATTEMPT.set(("task1", "try2"))
+    try:
+        channel = pickle.loads(pickle.dumps(_dask.DaskChannel("hub" * 8, "topic", b"k" * 32)))
+    finally:
+        _dask._ATTEMPT.reset(token)
+    channel.connect = Refused  # the worker's log_event fails
+    try:
+        sender = channel.sender()
+        tag = "attempt:task1.try2."
+        assert sender.source_id.startswith(tag)
+        first = sender.source_id
+        sender.add("e", (1,), None)
+        assert sender.flush() is None  # the batch was lost: no token names it
+        assert "could not be sent" in sender.take_failure()
+        assert sender.source_id != first  # a new source, numbered from 1 again
+        assert sender.source_id.startswith(tag)
+    finally:
+        _dask._drop_senders("@task1.try2")
+        assert not [k for k in _sender._SENDERS if k.endswith("@task1.try2")]

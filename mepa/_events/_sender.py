@@ -261,6 +261,7 @@ class BatchSender:
 
     def __init__(self, channel: Channel) -> None:
         self.channel = channel
+        self.source_tag = ""  # kept at the head of every source id (a Dask task's attempt)
         self.source_id = uuid.uuid4().hex
         self.buffer: deque[_Event] = deque()
         self._lock = threading.Lock()  # one flush at a time: batches leave in order
@@ -354,7 +355,7 @@ class BatchSender:
         if transport is not None:
             with contextlib.suppress(OSError):
                 transport.close()
-        self.source_id = uuid.uuid4().hex
+        self.source_id = self.source_tag + uuid.uuid4().hex
         self._seq = 0
 
     def take_failure(self) -> str | None:

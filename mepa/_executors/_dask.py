@@ -1617,10 +1617,10 @@ class DaskChannel(Channel):
         if self.attempt is not None and not sender.source_id.startswith(_ATTEMPT_SOURCE):
             with _TAG_LOCK:
                 if not sender.source_id.startswith(_ATTEMPT_SOURCE):
-                    # before its first batch: every batch of the sender carries the attempt
-                    sender.source_id = (
-                        f"{_ATTEMPT_SOURCE}{self.attempt[0]}.{self.attempt[1]}.{sender.source_id}"
-                    )
+                    # before its first batch: every batch of the sender carries the attempt,
+                    # also under the new source id it takes after a failed send
+                    sender.source_tag = f"{_ATTEMPT_SOURCE}{self.attempt[0]}.{self.attempt[1]}."
+                    sender.source_id = sender.source_tag + sender.source_id
         return sender
 
     def connect(self) -> Transport:
