@@ -486,13 +486,21 @@ class _Calls:
                 closed = self._closed
                 returns, self._returns = self._returns, collections.deque()
                 starts = [] if closed else self._take_startable()
-            for index, call, outcome in returns:
-                self._returned(index, call, outcome)
-            for index, call in starts:
-                self._start(index, call)
+            # In a frame of its own: kept in this one while waiting for the next, the last
+            # calls would keep their arguments (and the object-store copies of their arrays)
+            self._handle(returns, starts)
+            del returns, starts
             if closed:
                 break
         self._stop()
+
+    def _handle(
+        self, returns: collections.deque[tuple[int, _Call, Any]], starts: list[tuple[int, _Call]]
+    ) -> None:
+        for index, call, outcome in returns:
+            self._returned(index, call, outcome)
+        for index, call in starts:
+            self._start(index, call)
 
     def _startable(self) -> bool:
         return any(
