@@ -158,9 +158,13 @@ def test_cancel_of_a_task_handed_to_a_busy_worker_is_honest(killable):
 def test_a_spec_cluster_and_a_local_cluster_are_accepted(tmp_path):
     from distributed import Nanny, Scheduler, SpecCluster
 
-    options = {"nthreads": 1, "host": "127.0.0.1", "local_directory": str(tmp_path)}
+    # every HTTP server on a free loopback port: the scheduler's default is 8787, in use when
+    # another cluster runs on the machine
+    options = {"nthreads": 1, "host": "127.0.0.1", "local_directory": str(tmp_path),
+               "dashboard_address": "127.0.0.1:0"}
+    scheduler = {"host": "127.0.0.1", "dashboard": False, "dashboard_address": "127.0.0.1:0"}
     with SpecCluster(
-        scheduler={"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard": False}},
+        scheduler={"cls": Scheduler, "options": scheduler},
         workers={"w0": {"cls": Nanny, "options": options},
                  "w1": {"cls": Nanny, "options": options}},
     ) as cluster, DaskExecutor(cluster, wait_for_workers=2) as ex:

@@ -224,6 +224,7 @@ def dask_client(stack: contextlib.ExitStack, workers: int) -> Any:
         n_workers=workers,
         threads_per_worker=1,
         processes=True,
+        host="127.0.0.1",
         dashboard_address=None,
         silence_logs=logging.ERROR,
     )
