@@ -31,6 +31,11 @@ the bar at once (thread-safe).
   the block ends.
 
 Messages that arrive after the bar closed are counted and logged, not shown.
+
+*Who keeps a bar.* While it is open, the executor's event hub keeps it alive (a task may
+update a bar the host dropped, as in ``ex.distribute(task, ex.progress(n), alloc)``). Once it
+is closed or disposed, only the user's references keep it: a long-lived executor that makes a
+bar per call (``map_array`` does) holds none of the finished ones.
 """
 
 from __future__ import annotations
