@@ -544,7 +544,7 @@ class _Listener:
         self._weak = weakref.ref(progress)
 
     def __call__(self, kind: int, n: Any, count: int = 0) -> None:
-        progress = self._strong or self._weak()
+        progress = self._strong if self._strong is not None else self._weak()
         if progress is not None:
             progress._on_message(kind, n, count)
 
